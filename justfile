@@ -1,0 +1,33 @@
+# steerheal tasks. `python3 dev.py <recipe>` sets up ./.venv and runs a recipe; inside the venv, `just <recipe>`.
+set positional-arguments
+export PATH := justfile_directory() + "/.venv/bin:" + env_var("PATH")
+
+# list the recipes
+default:
+    @just --list
+
+# the main job: `just run` (embedded default) or `just run --model <HF id or local path>`
+run *ARGS:
+    steerheal run "$@"
+
+# the whole test suite, shape-checked (BEARTYPE=1), one torch thread per process
+test *ARGS:
+    BEARTYPE=1 python -m pytest "$@"
+
+# lint and format check
+lint:
+    ruff check src tests bench dev.py
+    ruff format --check src tests bench dev.py
+
+# format in place
+fmt:
+    ruff format src tests bench dev.py
+    ruff check --fix src tests bench dev.py
+
+# Vector.train vs steering-vectors' train_steering_vector (median of 5); paste into docs/benchmarks.md
+bench-extract:
+    python bench/extract.py
+
+# reachable KL(steered‖base) of tiny random models against their initializer range (docs/tiny-models.md)
+tiny-init-sweep:
+    python bench/tiny_init.py
