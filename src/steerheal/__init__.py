@@ -1,0 +1,50 @@
+"""steerheal: concept readouts into conditioned LoRA weights.
+
+Read concept directions from a causal LM, dose them by iso-KL, distil and heal them into gated LoRA
+rounds, bake them, and verify that they survived. See README.md and spec.md.
+
+With BEARTYPE=1 in the environment every steerheal module is imported under jaxtyping's import hook, so
+each annotated function checks its argument types and tensor shapes with beartype at call time.
+"""
+
+import os
+from contextlib import AbstractContextManager, nullcontext
+
+
+def _shape_checked() -> AbstractContextManager[object]:
+    """jaxtyping's import hook for steerheal's own modules, or nothing when BEARTYPE is not 1."""
+    if os.environ.get("BEARTYPE") != "1":
+        return nullcontext()
+    # torch and transformers first: every import made while the hook is installed is about 2x slower.
+    import torch  # noqa: F401
+    from jaxtyping import install_import_hook
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase  # noqa: F401
+
+    return install_import_hook("steerheal", "beartype.beartype")
+
+
+with _shape_checked():
+    from steerheal.capture import capture, capture_tokens
+    from steerheal.errors import SteerhealError
+    from steerheal.files import steerheal_version
+    from steerheal.model import Fingerprint, decoder_layers, fingerprint, load_model
+    from steerheal.persona import persona_contrast
+    from steerheal.tiny import TINY_ARCHS, tiny_model
+    from steerheal.vector import Vector
+
+__version__ = steerheal_version()
+
+__all__ = [
+    "TINY_ARCHS",
+    "Fingerprint",
+    "SteerhealError",
+    "Vector",
+    "__version__",
+    "capture",
+    "capture_tokens",
+    "decoder_layers",
+    "fingerprint",
+    "load_model",
+    "persona_contrast",
+    "tiny_model",
+]
