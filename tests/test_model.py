@@ -171,3 +171,44 @@ def test_tiny_tokenizer_chat_template_ends_on_assistant_tag():
     assert tok.decode(tok("The kettle began to hum.").input_ids, skip_special_tokens=True) == (
         "The kettle began to hum."
     )
+
+
+def test_import_is_lazy_about_heavy_libraries():
+    import subprocess
+    import sys
+
+    heavy = ("peft", "bitsandbytes", "steering_vectors", "sklearn")
+    code = f"import sys, steerheal; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr[-2000:]
+
+
+def _p95_kl_at(model, tok, multiple: float, init_texts: list[str]) -> float:
+    """p95 of per-token KL(steered ‖ unsteered) with a mean_diff vector at `multiple` x the residual norm."""
+    from steerheal.texts import encode, left_pad
+    from steerheal.vector import default_layers
+
+    pos = [f"What a lovely {w}, I am so happy here." for w in ("garden", "kitchen", "harbour", "office")]
+    neg = [f"What a dreadful {w}, I am so unhappy here." for w in ("garden", "kitchen", "harbour", "office")]
+    layers = default_layers(model)
+    v = sh.Vector.train(model, tok, pos, neg, layers=layers)
+    norm = torch.stack([a.norm(dim=-1).mean() for a in sh.capture(model, tok, init_texts, layers, "mean").values()])
+    batch = left_pad(encode(tok, init_texts, 512), tok.pad_token_id)
+    kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)
+    with torch.no_grad():
+        base = model(**kwargs).logits.float().log_softmax(-1)
+        with v(model, C=multiple * float(norm.mean())):
+            steered = model(**kwargs).logits.float().log_softmax(-1)
+    kl = (steered.exp() * (steered - base)).sum(-1)[batch.attention_mask.bool()]
+    return float(torch.quantile(kl, 0.95))
+
+
+@pytest.mark.parametrize("arch", sh.TINY_ARCHS)
+def test_tiny_models_can_be_steered_by_several_nats(arch):
+    """The reason for TINY_INIT_RANGE (docs/tiny-models.md): measured >= 4.9 nats at 4x on every arch."""
+    texts = ["The kettle began to hum a little before seven.", "At the harbour the boats knocked against the pier."]
+    model, tok = tiny(arch)
+    assert _p95_kl_at(model, tok, 4.0, texts) >= 3.0
+    if arch == "llama":
+        flat, flat_tok = sh.tiny_model(arch, init_range=0.02)
+        assert _p95_kl_at(flat, flat_tok, 4.0, texts) < 0.1, "at transformers' default range nothing moves"
