@@ -1,0 +1,106 @@
+"""Batched sampling with left padding, the KV cache and a seeded torch.Generator per prompt.
+
+Each prompt gets its own generator, seeded from (seed, its index), so a prompt's completion does not
+depend on which other prompts share its batch or on the batch size (up to float rounding of the logits).
+Steering contexts apply to every forward call, prefill and cached steps alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from steerheal.capture import model_device
+from steerheal.errors import SteerhealError
+from steerheal.model import context_length
+from steerheal.texts import Text, encode, left_pad, length_sorted_batches, require_pad_token
+
+
+def row_seed(seed: int, index: int) -> int:
+    digest = hashlib.sha256(f"steerheal.sample:{seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def _next_tokens(
+    logits: Float[Tensor, "batch vocab"],
+    temperature: float,
+    top_p: float,
+    generators: list[torch.Generator],
+) -> Tensor:
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = (logits.float() / temperature).softmax(-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(-1, descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p  # keeps the token that crosses top_p
+        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return torch.stack([torch.multinomial(p.cpu(), 1, generator=g)[0] for p, g in zip(probs, generators, strict=True)])
+
+
+@torch.no_grad()
+def sample(
+    model: nn.Module,
+    tok: PreTrainedTokenizerBase,
+    prompts: Sequence[Text],
+    seed: int = 0,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 48,
+    batch_size: int = 16,
+    progress: bool | None = None,
+) -> list[list[int]]:
+    """Completion ids per prompt (in prompt order). A completion that stopped ends with the eos id.
+
+    `temperature=0` is greedy decoding. Prompts are strings (already templated) or (prompt, completion)
+    pairs whose completion part is continued.
+    """
+    if temperature < 0 or not 0 < top_p <= 1 or max_new_tokens < 1:
+        raise SteerhealError(
+            f"sample: temperature={temperature} (>= 0), top_p={top_p} (in (0, 1]), "
+            f"max_new_tokens={max_new_tokens} (>= 1)"
+        )
+    eos = tok.eos_token_id
+    if eos is None:
+        raise SteerhealError("sample: the tokenizer has no eos token, so a completion could never stop")
+    pad_id = require_pad_token(tok)
+    encoded = encode(tok, prompts, context_length(model) - max_new_tokens, what="prompts")
+    device = model_device(model)
+    out: list[list[int]] = [[] for _ in prompts]
+    plan = length_sorted_batches([len(e.ids) for e in encoded], batch_size)
+    for rows in tqdm(plan, desc="sample", disable=not progress if progress is not None else None):
+        batch = left_pad([encoded[i] for i in rows], pad_id).to(device)
+        generators = [torch.Generator().manual_seed(row_seed(seed, i)) for i in rows]
+        mask, positions = batch.attention_mask, batch.position_ids
+        result = model(input_ids=batch.input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        done = torch.zeros(len(rows), dtype=torch.bool, device=device)
+        for _ in range(max_new_tokens):
+            token = _next_tokens(result.logits[:, -1], temperature, top_p, generators).to(device)
+            token = torch.where(done, torch.full_like(token, pad_id), token)
+            for k, row in enumerate(rows):
+                if not done[k]:
+                    out[row].append(int(token[k]))
+            done |= token == eos
+            if done.all():
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
+            positions = positions[:, -1:] + 1
+            result = model(
+                input_ids=token[:, None],
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=result.past_key_values,
+                use_cache=True,
+            )
+    return out
+
+
+def decode(tok: PreTrainedTokenizerBase, completions: Sequence[Sequence[int]]) -> list[str]:
+    """Completion texts without special tokens."""
+    return tok.batch_decode([list(c) for c in completions], skip_special_tokens=True)
