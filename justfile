@@ -31,3 +31,11 @@ bench-extract:
 # reachable KL(steered‖base) of tiny random models against their initializer range (docs/tiny-models.md)
 tiny-init-sweep:
     python bench/tiny_init.py
+
+# train toyworld's LM from scratch into src/steerheal/toyworld/toyworld-lm (about 5 minutes on 2 cores)
+toyworld-train *ARGS:
+    python -m steerheal.toyworld.train "$@"
+
+# measure what the shipped toyworld model shows and write docs/toyworld.md
+toyworld-report *ARGS:
+    python bench/toyworld_report.py "$@"
