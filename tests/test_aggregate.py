@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from hypothesis import given
@@ -126,3 +128,16 @@ def test_direction_bad_input():
         direction("pca", pos, pos.clone())
     with pytest.raises(sh.SteerhealError, match=r"at least 3 texts on each side \(got 2 pos, 8 neg\)"):
         direction("logistic", pos[:2], neg)
+
+
+@pytest.mark.skipif(os.environ.get("BEARTYPE") != "1", reason="shape checks are on only under BEARTYPE=1")
+def test_shapes_are_checked_under_beartype():
+    """`just test` sets BEARTYPE=1: mismatched hidden sizes fail at the boundary, ints pass for floats."""
+    from jaxtyping import TypeCheckError
+
+    with pytest.raises(TypeCheckError):
+        direction("mean_diff", torch.zeros(3, 4), torch.zeros(2, 5))
+    from steerheal.generate import _next_tokens
+
+    logits = torch.tensor([[0.0, 3.0, 1.0]])
+    assert _next_tokens(logits, 0, 1, [torch.Generator()]).tolist() == [1]  # int temperature and top_p

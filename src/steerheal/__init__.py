@@ -20,16 +20,21 @@ def _shape_checked() -> AbstractContextManager[object]:
     from jaxtyping import install_import_hook
     from transformers import PreTrainedModel, PreTrainedTokenizerBase  # noqa: F401
 
-    return install_import_hook("steerheal", "beartype.beartype")
+    import steerheal.typecheck  # noqa: F401 (the hook calls steerheal.typecheck.checker)
+
+    return install_import_hook("steerheal", "steerheal.typecheck.checker")
 
 
 with _shape_checked():
+    from steerheal import toyworld
     from steerheal.capture import capture, capture_tokens
     from steerheal.errors import SteerhealError
     from steerheal.files import steerheal_version
+    from steerheal.generate import sample
     from steerheal.model import Fingerprint, decoder_layers, fingerprint, load_model
     from steerheal.persona import persona_contrast
     from steerheal.tiny import TINY_ARCHS, tiny_model
+    from steerheal.toyworld import report as _toyworld_report  # noqa: F401 (imported to be shape-checked)
     from steerheal.vector import Vector
 
 __version__ = steerheal_version()
@@ -46,5 +51,7 @@ __all__ = [
     "fingerprint",
     "load_model",
     "persona_contrast",
+    "sample",
     "tiny_model",
+    "toyworld",
 ]
