@@ -13,7 +13,7 @@ import sys
 import torch
 
 import steerheal as sh
-from steerheal.capture import capture
+from steerheal.capture import residual_norm
 from steerheal.vector import default_layers
 
 RANGES = (0.02, 0.1, 0.2, 0.3, 0.4)
@@ -51,9 +51,7 @@ def main() -> None:
             model, tok = sh.tiny_model(arch, init_range=init)
             layers = default_layers(model)
             vector = sh.Vector.train(model, tok, POS, NEG, layers=layers)
-            norm = float(
-                torch.stack([a.norm(dim=-1).mean() for a in capture(model, tok, TEXTS, layers, "mean").values()]).mean()
-            )
+            norm = residual_norm(model, tok, TEXTS, layers)
             kls = [p95_kl(model, tok, vector, k * norm) for k in MULTIPLES]
             print(f"| {arch} | {init} | " + " | ".join(f"{x:.3f}" for x in kls) + " |", flush=True)
 

@@ -18,7 +18,7 @@ from steerheal.toyworld import report as R
 N_UNSTEERED = 400
 N_PERSONA = 200
 N_SWEEP = 64
-MULTIPLES = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+MULTIPLES = (0.0, 0.1, 0.2, 0.35, 0.5, 1.0, 2.0)
 COHERENT = 0.9  # grammar_ok a steered setting must keep to count as coherent
 
 

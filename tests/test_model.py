@@ -185,6 +185,7 @@ def test_import_is_lazy_about_heavy_libraries():
 
 def _p95_kl_at(model, tok, multiple: float, init_texts: list[str]) -> float:
     """p95 of per-token KL(steered ‖ unsteered) with a mean_diff vector at `multiple` x the residual norm."""
+    from steerheal.capture import residual_norm
     from steerheal.texts import encode, left_pad
     from steerheal.vector import default_layers
 
@@ -192,12 +193,12 @@ def _p95_kl_at(model, tok, multiple: float, init_texts: list[str]) -> float:
     neg = [f"What a dreadful {w}, I am so unhappy here." for w in ("garden", "kitchen", "harbour", "office")]
     layers = default_layers(model)
     v = sh.Vector.train(model, tok, pos, neg, layers=layers)
-    norm = torch.stack([a.norm(dim=-1).mean() for a in sh.capture(model, tok, init_texts, layers, "mean").values()])
+    norm = residual_norm(model, tok, init_texts, layers)
     batch = left_pad(encode(tok, init_texts, 512), tok.pad_token_id)
     kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)
     with torch.no_grad():
         base = model(**kwargs).logits.float().log_softmax(-1)
-        with v(model, C=multiple * float(norm.mean())):
+        with v(model, C=multiple * norm):
             steered = model(**kwargs).logits.float().log_softmax(-1)
     kl = (steered.exp() * (steered - base)).sum(-1)[batch.attention_mask.bool()]
     return float(torch.quantile(kl, 0.95))

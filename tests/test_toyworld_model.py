@@ -81,10 +81,10 @@ def test_joy_steering_moves_the_mood_then_breaks_the_grammar(toy):
     v = sh.Vector.train(model, tok, pos, neg, position="mean")
     with pytest.raises(sh.SteerhealError, match="no dose"):
         sh.toyworld.sample(model, tok, 2, seed=0, vector=v)
-    v.coeff = R.residual_norm(model, tok, v.layers, seed=0)
+    v.coeff = R.prompt_norm(model, tok, v.layers, seed=0)
     unsteered = mood_rates(sh.toyworld.sample(model, tok, N, seed=2))["joy"]
-    moderate = sh.toyworld.sample(model, tok, N, seed=2, vector=v, alpha=0.5)
-    strong = sh.toyworld.sample(model, tok, N, seed=2, vector=v, alpha=4.0)
+    moderate = sh.toyworld.sample(model, tok, N, seed=2, vector=v, alpha=0.25)
+    strong = sh.toyworld.sample(model, tok, N, seed=2, vector=v, alpha=2.0)
     assert mood_rates(moderate)["joy"] >= unsteered + 0.2
     assert sum(grammar_ok(s) for s in moderate) / N >= 0.9
     assert sum(grammar_ok(s) for s in strong) / N <= 0.5

@@ -188,3 +188,17 @@ def capture_tokens(
             for k, row in enumerate(rows):
                 out[layer][row] = hidden[k][batch.content_mask[k]]
     return {layer: [acts[i] for i in inverse] for layer, acts in out.items()}  # type: ignore[misc]
+
+
+def residual_norm(
+    model: nn.Module,
+    tok: PreTrainedTokenizerBase,
+    texts: Sequence[Text],
+    layers: Sequence[int],
+    batch_size: int = 8,
+) -> float:
+    """The mean per-token norm of the residual stream over content tokens at `layers`: the unit that
+    relative steering strengths are expressed in (activation norms differ 50x between architectures)."""
+    tokens = capture_tokens(model, tok, texts, layers, batch_size, what="texts")
+    per_layer = [torch.cat(acts).norm(dim=-1).mean() for acts in tokens.values()]
+    return float(torch.stack(per_layer).mean())

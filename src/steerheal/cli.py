@@ -1,9 +1,9 @@
 """The `steerheal` command: `steerheal run` (the main job) and `steerheal extract`.
 
 Until the distillation loop exists, `run` is the most complete path there is: read a concept vector,
-save it, and steer the model at a sweep of strengths relative to its own residual norm, printing the
-projection shift, the KL it causes, and what sampled completions look like; on toyworld (the default)
-also the ground-truth joy rate and grammar of those completions.
+calibrate its iso-KL dose c*, and make filtered steered/unsteered preference pairs at multiples of c*,
+printing the calibration, the filters' keep rate and sampled completions; on toyworld (the default) also
+the ground-truth joy rate and grammar of the steered completions.
 """
 
 from __future__ import annotations
@@ -18,15 +18,14 @@ import polars as pl
 import torch
 import tyro
 from loguru import logger
-from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from steerheal.capture import capture, model_device
 from steerheal.errors import SteerhealError
-from steerheal.generate import decode, sample
+from steerheal.filters import FilterConfig
 from steerheal.model import load_model
+from steerheal.pairs import SamplingConfig, make_pairs, write_pairs
 from steerheal.persona import persona_contrast
-from steerheal.texts import Text, encode, left_pad
+from steerheal.texts import Text
 from steerheal.tiny import TINY_ARCHS, tiny_model
 from steerheal.vector import Vector
 
@@ -72,29 +71,17 @@ def templated(tok: PreTrainedTokenizerBase, users: list[str]) -> list[str]:
     ]
 
 
-@torch.no_grad()
-def next_token_kl(
-    model: nn.Module, tok: PreTrainedTokenizerBase, prompts: list[str], vector: Vector, C: float
-) -> torch.Tensor:
-    """KL(steered ‖ unsteered) of the first answer token, per prompt, in fp32."""
-    batch = left_pad(encode(tok, prompts, 10**9), tok.pad_token_id).to(model_device(model))
-    kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)
-    base = model(**kwargs).logits[:, -1].float().log_softmax(-1)
-    with vector(model, C=C):
-        steered = model(**kwargs).logits[:, -1].float().log_softmax(-1)
-    return (steered.exp() * (steered - base)).sum(-1)
-
-
 @dataclass
 class RunArgs:
-    """Read a concept vector and show what steering with it does (the pre-loop main job)."""
+    """Read a concept vector, calibrate its dose, and make filtered steered/unsteered pairs at a sweep of
+    multiples of that dose (the pre-loop main job)."""
 
     model: str = TOYWORLD
     """toyworld (the shipped model), tiny:<arch> (a random tiny model), an HF hub id or a local folder."""
     quant: str | None = None
     """None, 4bit or 8bit (bitsandbytes; also on CPU)."""
     out: Path = Path("runs/demo")
-    """Where the vector and the sweep table are saved."""
+    """Where the vector (with its calibration), pairs.jsonl and the sweep table are saved."""
     overwrite: bool = False
     """Replace a non-empty --out."""
     seed: int = 0
@@ -102,11 +89,15 @@ class RunArgs:
     """Persona contrast for models other than toyworld (toyworld reads its joy stories instead)."""
     system_neg: str = "You are gloomy, cold and full of dread."
     n_extract: int = 24
-    """Contrast pairs used for extraction (shipped prompts: the rest are held out for the sweep)."""
+    """Contrast pairs used for extraction (shipped prompts: the rest are held out)."""
     n_eval: int = 32
-    """Held-out prompts sampled at each strength (toyworld; other models use the 16 held-out prompts)."""
-    strengths: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
-    """Steering strengths as multiples of the mean residual norm at the vector's layers."""
+    """Held-out prompts sampled at each dose (toyworld; other models use the 16 held-out prompts)."""
+    target_kl: float = 1.0
+    """iso-KL target of the calibration: p95 of per-token KL(steered ‖ unsteered), in nats."""
+    alphas: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0)
+    """Doses of the sweep, as multiples of the calibrated c*."""
+    loose_filters: bool = False
+    """Check only emptiness (random tiny models fail every coherence filter)."""
     max_new_tokens: int = 48
 
 
@@ -153,42 +144,43 @@ def run(args: RunArgs) -> pl.DataFrame:
     model, tok = open_model(args.model, args.quant, args.seed)
     concept = toyworld_concept(tok, args) if args.model == TOYWORLD else persona_concept(tok, args)
     vector = Vector.train(model, tok, concept.pos, concept.neg, position=concept.position)
-    vector.save(out / "vector")
-    logger.info(f"trained {vector} from {len(concept.pos)} pairs ({concept.name}); saved to {out / 'vector'}")
-
+    logger.info(f"trained {vector} from {len(concept.pos)} pairs ({concept.name})")
     prompts = concept.eval_prompts
-    acts = capture(model, tok, prompts, vector.layers, "mean")
-    norm = float(torch.stack([a.norm(dim=-1).mean() for a in acts.values()]).mean())
-    unsteered = vector.project(model, tok, prompts, position="mean").mean().item()
+    vector.calibrate(model, tok, prompts[: max(4, len(prompts) // 2)], target_kl=args.target_kl, seed=args.seed)
+    vector.save(out / "vector")
+    record = vector.calibration or {}
+    filters = FilterConfig().loosened() if args.loose_filters else FilterConfig()
+    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens)
+
+    def judged(texts: list[str]) -> dict[str, float]:
+        return concept.judge(texts) if concept.judge else {}
+
     rows, examples = [], []
-    for k in args.strengths:
-        C = k * norm
-        kl = next_token_kl(model, tok, prompts, vector, C)
-        with vector(model, C=C):
-            shift = vector.project(model, tok, prompts, position="mean").mean().item() - unsteered
-            texts = decode(tok, sample(model, tok, prompts, args.seed, max_new_tokens=args.max_new_tokens))
-        judged = concept.judge(texts) if concept.judge else {}
-        rows.append(
-            {
-                "strength (x norm)": k,
-                "C": C,
-                "projection shift": shift,
-                "next-token KL mean": kl.mean().item(),
-                "next-token KL max": kl.max().item(),
-                **judged,
-            }
-        )
-        examples.append(f"  x{k:<5} {texts[0][:110]}")
+    for alpha in args.alphas:
+        pairs = make_pairs(model, tok, vector, prompts, alpha, args.seed, sampling, filters)
+        if alpha == args.alphas[0]:  # the unsteered side is the same at every dose (same seeds)
+            rows.append({"dose (x c*)": 0.0, "C": 0.0, "kept": None, **judged([p.rejected for p in pairs])})
+            examples.append(f"  x0     {pairs[0].rejected[:110]}")
+        if alpha == 1.0:
+            write_pairs(out / "pairs.jsonl", pairs)
+        kept = sum(p.kept for p in pairs) / len(pairs)
+        rows.append({"dose (x c*)": alpha, "C": pairs[0].dose["C"], "kept": kept, **judged([p.chosen for p in pairs])})
+        examples.append(f"  x{alpha:<5} {pairs[0].chosen[:110]}")
     table = pl.DataFrame(rows)
+    liveness = record.get("liveness", {}).get("degenerate_fraction")
+    print(f"\nmodel {args.model}; concept: {concept.name}; {vector}")
+    print(
+        f"c* = {record['c']:.4g}: {record['stat']} KL {record['value']:.3f} (target {args.target_kl}) in "
+        f"{record['n_evals']} evaluations; {liveness:.0%} of sampled steered continuations loop at c*"
+    )
+    print(
+        f"{len(prompts)} held-out prompts, seed {args.seed}, filters {'loosened' if args.loose_filters else 'default'}"
+    )
     with pl.Config(tbl_rows=-1, tbl_cols=-1, float_precision=3, tbl_width_chars=200, tbl_hide_dataframe_shape=True):
-        print(f"\nmodel {args.model}; concept: {concept.name}; {vector}")
-        print(
-            f"mean residual norm at layers {vector.layers}: {norm:.3f}; "
-            f"{len(prompts)} held-out prompts, seed {args.seed}"
-        )
         print(table)
-    print("first held-out prompt, sampled at each strength:\n" + "\n".join(examples))
+    print("first held-out prompt, sampled at each dose:\n" + "\n".join(examples))
     table.write_csv(out / "steering_sweep.csv")
+    print(f"saved {out / 'vector'}, {out / 'pairs.jsonl'} (dose 1 x c*), {out / 'steering_sweep.csv'}")
     return table
 
 

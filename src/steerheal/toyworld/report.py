@@ -13,12 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import polars as pl
-import torch
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from steerheal.capture import capture
+from steerheal.capture import residual_norm
 from steerheal.model import n_layers
 from steerheal.persona import persona_contrast
 from steerheal.toyworld.load import chat_prompts, sample
@@ -84,11 +83,9 @@ def joy_vectors(model: nn.Module, tok: PreTrainedTokenizerBase, seed: int, n_pai
     return out
 
 
-def residual_norm(model: nn.Module, tok: PreTrainedTokenizerBase, layers: Sequence[int], seed: int) -> float:
-    """Mean residual norm at `layers` over neutral templated prompts (all content tokens)."""
-    prompts = chat_prompts(tok, neutral_prompts(32, seed, split="calibration"))
-    acts = capture(model, tok, prompts, list(layers), "mean")
-    return float(torch.stack([a.norm(dim=-1).mean() for a in acts.values()]).mean())
+def prompt_norm(model: nn.Module, tok: PreTrainedTokenizerBase, layers: Sequence[int], seed: int) -> float:
+    """Mean per-token residual norm at `layers` over neutral templated prompts: the unit of strengths."""
+    return residual_norm(model, tok, chat_prompts(tok, neutral_prompts(32, seed, split="calibration")), layers)
 
 
 def steering_sweep(
@@ -102,7 +99,7 @@ def steering_sweep(
     topics = prompt_topics(n, seed)
     rows = []
     for name, vector in tqdm(vectors.items(), desc="steering sweep"):
-        norm = residual_norm(model, tok, vector.layers, seed)
+        norm = prompt_norm(model, tok, vector.layers, seed)
         vector.coeff = norm
         for k in multiples:
             stories = sample(model, tok, n, seed, vector=vector, alpha=k)
