@@ -92,6 +92,13 @@ def encode(tok: PreTrainedTokenizerBase, texts: Sequence[Text], max_len: int, wh
     return out
 
 
+def encode_ids(tok: PreTrainedTokenizerBase, prompt_ids: Sequence[int], completion_ids: Sequence[int]) -> Encoded:
+    """An `Encoded` from ids already tokenised (a sampled completion is never re-tokenised)."""
+    special = set(tok.all_special_ids)
+    ids = (*prompt_ids, *completion_ids)
+    return Encoded(tuple(int(i) for i in ids), len(prompt_ids), tuple(i not in special for i in ids))
+
+
 def left_pad(items: Sequence[Encoded], pad_id: int) -> Batch:
     """Left padding, with position ids counted from each row's first real token.
 

@@ -116,6 +116,42 @@ class Vector:
             meta={"n_pos": len(pos), "n_neg": len(neg)},
         )
 
+    # ------------------------------------------------------------------ dose
+    def calibrate(
+        self,
+        model: nn.Module,
+        tok: PreTrainedTokenizerBase,
+        prompts: Sequence[Text],
+        target_kl: float = 1.0,
+        stat: str = "p95",
+        n_tokens: int = 20,
+        tol: float = 0.05,
+        sign: int = 1,
+        **options: Any,
+    ) -> Vector:
+        """Set `coeff` to the iso-KL dose (signed by `sign`) and record the search in `calibration`.
+
+        See `steerheal.calibrate.find_dose` for the options (method, batch_size, liveness_samples, seed).
+        """
+        from steerheal.calibrate import find_dose
+
+        self._check_model(model)
+        dose = find_dose(
+            model,
+            tok,
+            prompts,
+            lambda C: self(model, C=C),
+            self.layers,
+            target_kl,
+            stat,
+            n_tokens,
+            tol,
+            sign,
+            **options,
+        )
+        self.coeff, self.calibration = dose.coeff, dose.record
+        return self
+
     # ------------------------------------------------------------------ steering and reading
     def _check_model(self, model: nn.Module) -> None:
         if hidden_size(model) != self.hidden_size:
