@@ -1,0 +1,263 @@
+"""Preference pairs: steered (chosen) against unsteered (rejected) completions of the same prompts.
+
+Both completions of a prompt are sampled with the same per-prompt seed, so what differs is the steering.
+Token ids are kept exactly as sampled and the prompt's ids as tokenised on their own: prompt and
+completion are concatenated as ids, never re-tokenised from text (no boundary shift). Whether the
+end-of-turn token belongs to the completion is explicit (`include_eos`, default yes: the student learns
+to stop). A pair records every reason it was dropped; `pairs.jsonl` holds all of them, kept or not.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from steerheal.errors import SteerhealError
+from steerheal.files import atomic_write_bytes
+from steerheal.filters import FilterConfig, text_reasons
+from steerheal.generate import sample
+from steerheal.scoring import completion_token_logprobs
+from steerheal.texts import encode
+from steerheal.vector import Vector
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How completions are sampled (the same for the steered and the unsteered side)."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 48
+    batch_size: int = 16
+
+
+@dataclass
+class PreferencePair:
+    prompt: str
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    chosen: str
+    rejected: str
+    dose: dict[str, float]  # alpha, coeff, C = alpha * coeff
+    kept: bool
+    reasons: list[str] = field(default_factory=list)
+    chosen_tail_ppl: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], where: str) -> PreferencePair:
+        missing = set(cls.__dataclass_fields__) - set(data)
+        if missing:
+            raise SteerhealError(f"{where}: a pair lacks {sorted(missing)}; the file is damaged or foreign")
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+
+
+def _finished(ids: Sequence[int], eos: int) -> bool:
+    return len(ids) > 0 and ids[-1] == eos
+
+
+def tail_perplexity(
+    model: nn.Module,
+    tok: PreTrainedTokenizerBase,
+    prompt_ids: Sequence[Sequence[int]],
+    completion_ids: Sequence[Sequence[int]],
+    tail_tokens: int,
+    batch_size: int = 16,
+) -> list[float]:
+    """exp(mean NLL) of each completion's last `tail_tokens` tokens under `model` (inf when empty)."""
+    logprobs = completion_token_logprobs(model, tok, prompt_ids, completion_ids, batch_size)
+    return [math.exp(-float(lp[-tail_tokens:].mean())) if len(lp) else math.inf for lp in logprobs]
+
+
+@dataclass(frozen=True)
+class Check:
+    text: str
+    reasons: list[str]
+    tail_ppl: float | None
+
+
+def completion_checks(
+    model: nn.Module,
+    tok: PreTrainedTokenizerBase,
+    prompt_ids: Sequence[Sequence[int]],
+    completions: Sequence[Sequence[int]],
+    finished: Sequence[bool],
+    filters: FilterConfig,
+    include_eos: bool = True,
+    batch_size: int = 16,
+) -> list[Check]:
+    """Every filter in force on each completion; the tail perplexity is scored by `model` as it is now
+    (call it outside any steering context: "unsteered")."""
+    eos = tok.eos_token_id
+    ppl: list[float | None] = [None] * len(completions)
+    if filters.max_tail_ppl is not None:
+        nonempty = [i for i, c in enumerate(completions) if c]
+        scores = tail_perplexity(
+            model,
+            tok,
+            [prompt_ids[i] for i in nonempty],
+            [completions[i] for i in nonempty],
+            filters.tail_tokens,
+            batch_size,
+        )
+        for i, value in zip(nonempty, scores, strict=True):
+            ppl[i] = value
+    out = []
+    for i, ids in enumerate(completions):
+        text = tok.decode(ids, skip_special_tokens=True)
+        n_tokens = len(ids) - (1 if include_eos and _finished(ids, eos) else 0)
+        reasons = text_reasons(text, n_tokens, finished[i], filters)
+        if filters.max_tail_ppl is not None and ppl[i] is not None and ppl[i] > filters.max_tail_ppl:
+            reasons.append(f"tail perplexity {ppl[i]:.1f} > {filters.max_tail_ppl}")
+        out.append(Check(text, reasons, ppl[i]))
+    return out
+
+
+def make_pairs(
+    model: nn.Module,
+    tok: PreTrainedTokenizerBase,
+    vector: Vector,
+    prompts: Sequence[str],
+    alpha: float = 1.0,
+    seed: int = 0,
+    sampling: SamplingConfig = SamplingConfig(),
+    filters: FilterConfig | None = None,
+    include_eos: bool = True,
+) -> list[PreferencePair]:
+    """One pair per prompt: chosen sampled under `vector.steer(alpha)`, rejected without steering.
+    `filters=None` applies the defaults of `FilterConfig`."""
+    filters = filters or FilterConfig()
+    if vector.coeff is None:
+        raise SteerhealError("make_pairs: the vector has no dose; calibrate it (v.calibrate) or set v.coeff")
+    if len(prompts) == 0:
+        raise SteerhealError("make_pairs: prompts is empty")
+    eos = tok.eos_token_id
+    logger.info(f"pair filters in force: {filters.to_dict()}")
+    prompt_ids = [list(e.ids) for e in encode(tok, prompts, 10**9, what="prompts")]
+    kwargs = dict(
+        seed=seed,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        max_new_tokens=sampling.max_new_tokens,
+        batch_size=sampling.batch_size,
+    )
+    with vector.steer(model, alpha=alpha):
+        chosen = sample(model, tok, prompts, **kwargs)
+    rejected = sample(model, tok, prompts, **kwargs)
+    finished = [_finished(c, eos) for c in chosen]
+    if not include_eos:
+        chosen = [c[:-1] if _finished(c, eos) else c for c in chosen]
+        rejected = [r[:-1] if _finished(r, eos) else r for r in rejected]
+    checks = completion_checks(model, tok, prompt_ids, chosen, finished, filters, include_eos, sampling.batch_size)
+    dose = {"alpha": alpha, "coeff": vector.coeff, "C": alpha * vector.coeff}
+    pairs = []
+    for i, prompt in enumerate(prompts):
+        rejected_text = tok.decode(rejected[i], skip_special_tokens=True)
+        reasons = [f"chosen: {r}" for r in checks[i].reasons]
+        if not rejected_text.strip():
+            reasons.append("rejected: empty")
+        if filters.drop_identical and chosen[i] == rejected[i]:
+            reasons.append("identical: steering changed nothing")
+        pairs.append(
+            PreferencePair(
+                prompt,
+                prompt_ids[i],
+                chosen[i],
+                rejected[i],
+                checks[i].text,
+                rejected_text,
+                dose,
+                not reasons,
+                reasons,
+                checks[i].tail_ppl,
+            )
+        )
+    kept = sum(p.kept for p in pairs)
+    logger.info(f"pairs at alpha {alpha:.3g} (C = {dose['C']:.4g}): kept {kept} of {len(pairs)}")
+    return pairs
+
+
+@dataclass(frozen=True)
+class DoseWalk:
+    alpha: float
+    keep_rates: list[tuple[float, float]]  # (alpha, keep rate) in the order tried
+
+
+def dose_walk(
+    model: nn.Module,
+    tok: PreTrainedTokenizerBase,
+    vector: Vector,
+    prompts: Sequence[str],
+    alpha: float = 1.0,
+    alpha_min: float = 0.25,
+    factor: float = 0.7,
+    keep_target: float = 0.5,
+    probe_size: int = 16,
+    seed: int = 0,
+    sampling: SamplingConfig = SamplingConfig(),
+    filters: FilterConfig | None = None,
+    include_eos: bool = True,
+) -> DoseWalk:
+    """The largest alpha (from `alpha` down by `factor`) at which at least `keep_target` of a probe batch
+    survives the filters; below `alpha_min` a clear error with every keep rate tried."""
+    filters = filters or FilterConfig()
+    if not 0 < factor < 1 or not 0 < alpha_min <= alpha or not 0 < keep_target <= 1:
+        raise SteerhealError(
+            f"dose_walk: need 0 < factor < 1 (got {factor}), 0 < alpha_min <= alpha (got {alpha_min}, {alpha}), "
+            f"0 < keep_target <= 1 (got {keep_target})"
+        )
+    probe = list(prompts[:probe_size])
+    tried: list[tuple[float, float]] = []
+    current = alpha
+    while current >= alpha_min * (1 - 1e-9):
+        pairs = make_pairs(model, tok, vector, probe, current, seed, sampling, filters, include_eos)
+        rate = sum(p.kept for p in pairs) / len(pairs)
+        tried.append((current, rate))
+        if rate >= keep_target:
+            return DoseWalk(current, tried)
+        current *= factor
+    rates = ", ".join(f"alpha {a:.3g}: {r:.0%}" for a, r in tried)
+    raise SteerhealError(
+        f"dose walk: no usable data. Fewer than {keep_target:.0%} of {len(probe)} probe pairs survived the filters "
+        f"at every alpha down to alpha_min={alpha_min} ({rates}). Lower the target KL, loosen the filters, or "
+        "check the vector."
+    )
+
+
+def write_pairs(path: str | Path, pairs: Sequence[PreferencePair]) -> Path:
+    """pairs.jsonl: one JSON object per line, kept and dropped alike, written atomically."""
+    path = Path(path)
+    lines = [json.dumps({"format_version": FORMAT_VERSION, **p.to_json()}, sort_keys=True) for p in pairs]
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode() if lines else b"")
+    return path
+
+
+def read_pairs(path: str | Path) -> list[PreferencePair]:
+    path = Path(path)
+    if not path.is_file():
+        raise SteerhealError(f"pairs file {path} does not exist")
+    pairs = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise SteerhealError(f"{path}:{n} is not valid JSON ({err}); the file is damaged") from err
+        if data.pop("format_version", None) != FORMAT_VERSION:
+            raise SteerhealError(f"{path}:{n}: unknown format_version; expected {FORMAT_VERSION}")
+        pairs.append(PreferencePair.from_json(data, f"{path}:{n}"))
+    return pairs
