@@ -28,6 +28,10 @@ fmt:
 bench-extract:
     python bench/extract.py
 
+# safeguarded dose search vs plain bisection: KL evaluations and time (docs/benchmarks.md)
+bench-calibrate:
+    python bench/calibrate.py
+
 # reachable KL(steered‖base) of tiny random models against their initializer range (docs/tiny-models.md)
 tiny-init-sweep:
     python bench/tiny_init.py

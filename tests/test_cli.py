@@ -9,26 +9,26 @@ import pytest
 
 import steerheal as sh
 from steerheal.cli import ExtractArgs, RunArgs, extract, neutral_prompts, run
+from steerheal.pairs import read_pairs
 
 
-def test_run_on_toyworld_moves_joy_then_breaks_grammar(tmp_path):
-    table = run(RunArgs(out=tmp_path / "demo", strengths=(0.0, 0.5, 4.0), n_eval=16))
-    joy, grammar = table["joy rate"].to_list(), table["grammar_ok"].to_list()
-    assert joy[1] > joy[0] + 0.2 and grammar[1] >= 0.9 and grammar[2] < 0.5
-    assert sh.Vector.load(tmp_path / "demo" / "vector").position == "mean"
-
-
-def test_run_trains_saves_and_sweeps(tmp_path):
-    table = run(RunArgs(model="tiny:qwen3", out=tmp_path / "demo", strengths=(0.0, 0.5, 2.0), max_new_tokens=6))
-    assert (tmp_path / "demo" / "steering_sweep.csv").is_file()
+def test_run_on_toyworld_calibrates_and_makes_pairs_that_move_joy(tmp_path):
+    table = run(RunArgs(out=tmp_path / "demo", alphas=(1.0, 3.0), n_eval=16))
+    dose, kept, joy = table["dose (x c*)"].to_list(), table["kept"].to_list(), table["joy rate"].to_list()
+    assert dose == [0.0, 1.0, 3.0] and kept[0] is None
+    assert joy[1] > joy[0] + 0.3 and kept[1] >= 0.7 and kept[2] <= 0.2, "coherent at c*, filtered at 3 c*"
     v = sh.Vector.load(tmp_path / "demo" / "vector")
-    assert v.position == "prompt_end" and v.meta["n_pos"] == 24
-    kl = table["next-token KL mean"].to_list()
-    shift = table["projection shift"].to_list()
-    assert kl[0] == 0.0 and kl[0] < kl[1] < kl[2], "KL grows with the steering strength"
-    assert shift[0] == 0.0 and 0 < shift[1] < shift[2]
+    assert v.position == "mean" and abs(v.calibration["value"] - 1.0) <= 0.05 and v.coeff == v.calibration["c"]
+    pairs = read_pairs(tmp_path / "demo" / "pairs.jsonl")
+    assert len(pairs) == 16 and all(p.dose["alpha"] == 1.0 for p in pairs)
     with pytest.raises(sh.SteerhealError, match="exists and is not empty"):
-        run(RunArgs(model="tiny:qwen3", out=tmp_path / "demo"))
+        run(RunArgs(out=tmp_path / "demo"))
+
+
+def test_run_on_a_tiny_model_with_loosened_filters(tmp_path):
+    table = run(RunArgs(model="tiny:qwen3", out=tmp_path / "demo", alphas=(1.0,), max_new_tokens=6, loose_filters=True))
+    assert table["kept"].to_list() == [None, 1.0]
+    assert sh.Vector.load(tmp_path / "demo" / "vector").meta["n_pos"] == 24
 
 
 def test_extract_and_bad_model_spec(tmp_path):

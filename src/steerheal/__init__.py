@@ -30,8 +30,10 @@ with _shape_checked():
     from steerheal.capture import capture, capture_tokens
     from steerheal.errors import SteerhealError
     from steerheal.files import steerheal_version
+    from steerheal.filters import FilterConfig
     from steerheal.generate import sample
     from steerheal.model import Fingerprint, decoder_layers, fingerprint, load_model
+    from steerheal.pairs import PreferencePair, SamplingConfig, dose_walk, make_pairs, read_pairs, write_pairs
     from steerheal.persona import persona_contrast
     from steerheal.tiny import TINY_ARCHS, tiny_model
     from steerheal.toyworld import report as _toyworld_report  # noqa: F401 (imported to be shape-checked)
@@ -41,17 +43,24 @@ __version__ = steerheal_version()
 
 __all__ = [
     "TINY_ARCHS",
+    "FilterConfig",
     "Fingerprint",
+    "PreferencePair",
+    "SamplingConfig",
     "SteerhealError",
     "Vector",
     "__version__",
     "capture",
     "capture_tokens",
     "decoder_layers",
+    "dose_walk",
     "fingerprint",
     "load_model",
+    "make_pairs",
     "persona_contrast",
+    "read_pairs",
     "sample",
     "tiny_model",
     "toyworld",
+    "write_pairs",
 ]
