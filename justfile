@@ -28,6 +28,10 @@ fmt:
 bench-extract:
     python bench/extract.py
 
+# GatedLoRA: student forward with 1/4/8 folded rounds (uncollapsed, cat, svd) vs baked; export/bake exactness
+bench-adapter *ARGS:
+    python bench/adapter.py "$@"
+
 # reachable KL(steered‖base) of tiny random models against their initializer range (docs/tiny-models.md)
 tiny-init-sweep:
     python bench/tiny_init.py

@@ -20,13 +20,14 @@ from steerheal.adapter import GatedLoRA
 from steerheal.steering import add_to_residual
 
 ARCHS = ["llama", "qwen3", "gemma3", "gpt2", "toyworld"]
-# float32 rounding of differently ordered sums: the logits of these models reach |10|, so one ulp is ~1e-6
-# and the rounding of a few reordered matmuls over 4 blocks stays below 1e-5 (measured up to ~5e-6).
+# float32 rounding of differently ordered sums: the logits of these models reach about |10| (one ulp ~1e-6),
+# and reordering the LoRA matmuls over 4 blocks moves them by at most 6.3e-6 here (docs/adapter.md). The
+# margin is thin by the issue's choice of 1e-5; larger adapters (these move logits by 0.75-2.7) round more.
 EXPORT_ATOL = 1e-5
 BAKE_ATOL = 1e-4
 # 4-bit base: the baked model multiplies by the float32 de-quantised weight (with the delta added) where the
 # student runs bitsandbytes' 4-bit matmul plus the LoRA branch: the same float32 numbers, summed in another
-# order. Measured max |Δlogit| ~1e-5 on tiny qwen3 (docs/adapter.md); asserted with 10x headroom.
+# order. Measured max |Δlogit| 6.4e-6 on tiny qwen3 (docs/adapter.md); asserted at 1e-4, the float32 bound.
 BAKE_4BIT_ATOL = 1e-4
 
 
@@ -168,8 +169,14 @@ def test_only_the_current_round_trains_and_a_step_after_fold_changes_only_it():
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     optimizer = torch.optim.AdamW(adapter.trainable_parameters(), lr=1e-2)
     model.train()
+    model(ids, labels=ids).loss.backward()
+    plain = [p.grad.clone() for p in adapter.trainable_parameters()]
+    optimizer.zero_grad()
     loss = model(ids, labels=ids).loss
+    with torch.no_grad(), adapter.reference("prev"):  # a heal step takes its KL reference mid-step
+        model(ids)
     loss.backward()
+    assert all(torch.equal(p.grad, g) for p, g in zip(adapter.trainable_parameters(), plain, strict=True))
     optimizer.step()
     model.eval()
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}

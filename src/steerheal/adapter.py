@@ -280,6 +280,8 @@ class GatedLoRA:
         starts and becomes the only trainable one. Returns the new round."""
         if self.current is None:
             raise SteerhealError("this GatedLoRA has no current round to fold")
+        if not self._trained(self.current):
+            logger.warning(f"folding {self.current.name}, whose B factors are all zero: it adds nothing to the model")
         self.history.append(self.current)
         index = self.current.last + 1
         self.current = Round(_round_name(index, index), self.r, self.alpha, 1.0, index, index)
@@ -464,6 +466,12 @@ class GatedLoRA:
         for rnd in self.rounds:
             # save_embedding_layers=False: no embedding is ever targeted, and "auto" asks the hub (with retries)
             state = get_peft_model_state_dict(self.peft_model, adapter_name=rnd.name, save_embedding_layers=False)
+            expected = {key for module in self.target_names for key in lora_keys(module)}
+            if set(state) != expected:  # load reads these keys back: refuse to write what it could not read
+                raise SteerhealError(
+                    f"save: peft named {rnd.name}'s tensors {sorted(set(state) ^ expected)[:4]} unlike the "
+                    "'base_model.model.<module>.lora_A.weight' layout steerheal reads; this peft version is unsupported"
+                )
             write_adapter(directory / rnd.name, self.peft_model.peft_config[rnd.name], state)
         for name in sorted(stale - {r.name for r in self.rounds} - {None}):
             for file in ("adapter_config.json", "adapter_model.safetensors"):
@@ -552,6 +560,9 @@ class GatedLoRA:
                 f"but gated.json says r={rnd.rank}, alpha={rnd.alpha}; the files do not belong together"
             )
         tensors = read_weights(folder, what)
+        foreign = sorted(set(tensors) - {key for module in self.target_names for key in lora_keys(module)})
+        if foreign:
+            raise SteerhealError(f"{what}: unexpected tensors {foreign[:4]}; the adapter file is damaged or foreign")
         out = {}
         for module in self.target_names:
             key_a, key_b = lora_keys(module)

@@ -12,13 +12,9 @@ from __future__ import annotations
 
 import torch
 from jaxtyping import Float
-from torch import Tensor, nn
+from torch import Tensor
 
 from steerheal.errors import SteerhealError
-
-
-def is_quantized(param: Tensor) -> bool:
-    return type(param).__name__ in ("Params4bit", "Int8Params")
 
 
 def dense_weight(param: Tensor, what: str) -> Float[Tensor, "..."]:
@@ -57,10 +53,3 @@ def _dequantize_cpu_packed(packed: Tensor, state: object) -> Float[Tensor, "out_
     absmax = state.absmax.float().T  # type: ignore[attr-defined]  # [out, in / blocksize]
     scales = absmax.repeat_interleave(int(state.blocksize), dim=1)  # type: ignore[attr-defined]
     return (table[codes.long()] * scales).to(state.dtype).float()  # type: ignore[attr-defined]
-
-
-def weight_layout_shape(module: nn.Module) -> tuple[int, ...]:
-    """Shape of the dense weight of a (possibly 4-bit) layer, as the dense model stores it."""
-    weight = module.weight
-    state = getattr(weight, "quant_state", None)
-    return tuple(state.shape) if type(weight).__name__ == "Params4bit" and state is not None else tuple(weight.shape)
