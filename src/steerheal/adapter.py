@@ -2,7 +2,7 @@
 
 Every round of the loop trains a fresh LoRA adapter (`round_0`, `round_1`, …) on top of the frozen
 history of earlier rounds. A round's *gate* is a scalar folded into peft's per-adapter `scaling`
-(`gate · alpha / r`), so LoRA adds `gate · scaling · B A x` to the layer's output. With every gate at 0 the
+(`gate · alpha / r`), so LoRA adds `gate · alpha/r · B A x` to the layer's output. With every gate at 0 the
 model computes `base(x) + 0`, which is the base's output bit for bit (the LoRA factors are finite), so the
 base and the previous student are references *inside* the student: no second model, and switching is a
 few hundred dict assignments (`reference("base")`, `reference("prev")`).
