@@ -32,6 +32,10 @@ bench-extract:
 bench-calibrate:
     python bench/calibrate.py
 
+# GatedLoRA: student forward with 1/4/8 folded rounds (uncollapsed, cat, svd) vs baked; export/bake exactness
+bench-adapter *ARGS:
+    python bench/adapter.py "$@"
+
 # reachable KL(steered‖base) of tiny random models against their initializer range (docs/tiny-models.md)
 tiny-init-sweep:
     python bench/tiny_init.py

@@ -27,6 +27,7 @@ def _shape_checked() -> AbstractContextManager[object]:
 
 with _shape_checked():
     from steerheal import toyworld
+    from steerheal.adapter import GatedLoRA
     from steerheal.capture import capture, capture_tokens
     from steerheal.errors import SteerhealError
     from steerheal.files import steerheal_version
@@ -45,6 +46,7 @@ __all__ = [
     "TINY_ARCHS",
     "FilterConfig",
     "Fingerprint",
+    "GatedLoRA",
     "PreferencePair",
     "SamplingConfig",
     "SteerhealError",
