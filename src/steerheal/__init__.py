@@ -33,6 +33,7 @@ with _shape_checked():
     from steerheal.files import steerheal_version
     from steerheal.filters import FilterConfig
     from steerheal.generate import sample
+    from steerheal.heal import HealConfig, HealResult, heal
     from steerheal.model import Fingerprint, decoder_layers, fingerprint, load_model
     from steerheal.pairs import PreferencePair, SamplingConfig, dose_walk, make_pairs, read_pairs, write_pairs
     from steerheal.persona import persona_contrast
@@ -47,6 +48,8 @@ __all__ = [
     "FilterConfig",
     "Fingerprint",
     "GatedLoRA",
+    "HealConfig",
+    "HealResult",
     "PreferencePair",
     "SamplingConfig",
     "SteerhealError",
@@ -57,6 +60,7 @@ __all__ = [
     "decoder_layers",
     "dose_walk",
     "fingerprint",
+    "heal",
     "load_model",
     "make_pairs",
     "persona_contrast",
