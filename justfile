@@ -36,6 +36,10 @@ bench-calibrate:
 bench-adapter *ARGS:
     python bench/adapter.py "$@"
 
+# the barrier's memory (bounded vs naive, vocab 262144) and a heal step vs a plain SFT step (docs/benchmarks.md)
+bench-heal:
+    python bench/heal.py
+
 # reachable KL(steered‖base) of tiny random models against their initializer range (docs/tiny-models.md)
 tiny-init-sweep:
     python bench/tiny_init.py
