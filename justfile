@@ -6,9 +6,13 @@ export PATH := justfile_directory() + "/.venv/bin:" + env_var("PATH")
 default:
     @just --list
 
-# the main job: `just run` (embedded default) or `just run --model <HF id or local path>`
+# the main job: `just run` (the loop on embedded toyworld) or `just run --model <HF id or local path>`
 run *ARGS:
     steerheal run "$@"
+
+# the whole loop on a tiny random model of every supported architecture, shape-checked, in one process
+fast-dev-run *ARGS:
+    BEARTYPE=1 steerheal run --preset fast-dev-run --overwrite "$@"
 
 # the whole test suite, shape-checked (BEARTYPE=1), one torch thread per process
 test *ARGS:

@@ -38,6 +38,7 @@ def test_sampling_is_seeded_per_prompt_and_independent_of_batching():
     assert one == three
     assert sample(model, tok, PROMPTS, seed=4, max_new_tokens=10) != three
     assert sample(model, tok, PROMPTS[:1], seed=3, max_new_tokens=10) == three[:1]
+    assert sample(model, tok, PROMPTS[1:], seed=3, max_new_tokens=10, first_index=1) == three[1:]
     assert all(len(c) <= 10 for c in three)
     assert all(isinstance(t, str) for t in decode(tok, three))
 

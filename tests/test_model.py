@@ -213,3 +213,22 @@ def test_tiny_models_can_be_steered_by_several_nats(arch):
     if arch == "llama":
         flat, flat_tok = sh.tiny_model(arch, init_range=0.02)
         assert _p95_kl_at(flat, flat_tok, 4.0, texts) < 0.1, "at transformers' default range nothing moves"
+
+
+@pytest.mark.parametrize("arch", sh.TINY_ARCHS)
+def test_broadcast_mask_attention_equals_transformers_sdpa(arch):
+    """steerheal_sdpa (attention.py) builds the same masks as transformers' vmap builder: same logits."""
+    from steerheal.texts import encode, left_pad
+
+    model, tok = sh.tiny_model(arch, seed=4)
+    assert model.config._attn_implementation == "steerheal_sdpa"
+    batch = left_pad(
+        encode(tok, ["Rain.", "The harbour at noon, with gulls following the ferry."], 512), tok.pad_token_id
+    )
+    kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)
+    with torch.no_grad():
+        ours = model(**kwargs).logits
+        model.set_attn_implementation("sdpa")
+        theirs = model(**kwargs).logits
+    mask = batch.attention_mask.bool()
+    torch.testing.assert_close(ours[mask], theirs[mask], rtol=1e-5, atol=1e-5)

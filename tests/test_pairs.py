@@ -7,7 +7,15 @@ import pytest
 import steerheal as sh
 from conftest import tiny
 from steerheal.filters import FilterConfig
-from steerheal.pairs import SamplingConfig, completion_checks, dose_walk, make_pairs, read_pairs, write_pairs
+from steerheal.pairs import (
+    SamplingConfig,
+    completion_checks,
+    dose_walk,
+    make_pairs,
+    read_pairs,
+    walk_and_pair,
+    write_pairs,
+)
 from steerheal.texts import encode
 from steerheal.toyworld import world
 from steerheal.toyworld.load import chat_prompts
@@ -67,6 +75,11 @@ def test_dose_walk_lowers_alpha_then_fails_fast(toy):
     model, tok, v, prompts = toy
     walk = dose_walk(model, tok, v, prompts, alpha=4.0, alpha_min=0.25, factor=0.5, keep_target=0.6, probe_size=12)
     assert walk.alpha < 4.0 and walk.keep_rates[0] == (4.0, 0.0) and walk.keep_rates[-1][1] >= 0.6
+    whole = make_pairs(model, tok, v, prompts[:20], walk.alpha, seed=0)
+    reused = walk_and_pair(model, tok, v, prompts[:20], walk, seed=0)
+    for a, b in zip(reused, whole, strict=True):  # reusing the probe changes nothing but scoring batches
+        assert (a.chosen_ids, a.rejected_ids, a.kept, a.reasons) == (b.chosen_ids, b.rejected_ids, b.kept, b.reasons)
+        assert a.chosen_tail_ppl == pytest.approx(b.chosen_tail_ppl, rel=1e-5)
     impossible = FilterConfig(max_tail_ppl=1.0)
     with pytest.raises(sh.SteerhealError, match=r"no usable data.*alpha 1: 0%.*alpha 0.5: 0%"):
         dose_walk(model, tok, v, prompts, alpha=1.0, alpha_min=0.5, factor=0.5, probe_size=6, filters=impossible)

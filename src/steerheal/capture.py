@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from typing import Any
+from typing import Any, no_type_check
 
 import torch
 from jaxtyping import Float
@@ -68,6 +68,7 @@ def recording(model: nn.Module, layers: Sequence[int], stop: bool = True) -> Ite
     store: dict[int, Tensor] = {}
     deepest = max(layers)
 
+    @no_type_check  # created per call: not worth a runtime check each time (BEARTYPE=1)
     def make_hook(layer: int) -> Any:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             store[layer] = block_hidden(output)

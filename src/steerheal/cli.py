@@ -1,221 +1,240 @@
-"""The `steerheal` command: `steerheal run` (the main job) and `steerheal extract`.
+"""The `steerheal` command: run | extract | calibrate | verify | report | export.
 
-Until the distillation loop exists, `run` is the most complete path there is: read a concept vector,
-calibrate its iso-KL dose c*, and make filtered steered/unsteered preference pairs at multiples of c*,
-printing the calibration, the filters' keep rate and sampled completions; on toyworld (the default) also
-the ground-truth joy rate and grammar of the steered completions.
+`run`, `extract` and `calibrate` take a RunConfig: a preset (`--preset toyworld | fast-dev-run | real`;
+without one it follows `--model`: toyworld, tiny:<arch> or anything else) and any field overridden as
+`--model`, `--seed`, `--heal.lam`, `--concept.mood`, ... (see `steerheal run --help`).
 """
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Callable
+import dataclasses
+import json
+import sys
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
-import polars as pl
 import torch
 import tyro
 from loguru import logger
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from steerheal.errors import SteerhealError
-from steerheal.filters import FilterConfig
-from steerheal.model import load_model
-from steerheal.pairs import SamplingConfig, make_pairs, write_pairs
-from steerheal.persona import persona_contrast
-from steerheal.texts import Text
-from steerheal.tiny import TINY_ARCHS, tiny_model
-from steerheal.vector import Vector
+from steerheal.model_spec import TINY_PREFIX, TOYWORLD
+from steerheal.runconfig import PRESETS, RunConfig, preset
+from steerheal.tiny import TINY_ARCHS
 
-TINY_PREFIX = "tiny:"
-TOYWORLD = "toyworld"
+USAGE = """usage: steerheal {run,extract,calibrate,verify,report,export} [options]
 
+  run        the loop: rounds of re-extract, calibrate, pairs, heal, fold, verify, checkpoint
+             (--preset toyworld|fast-dev-run|real, --overwrite, --resume, RunConfig overrides)
+  extract    read the concept's teacher vector and save it (--out DIR, RunConfig overrides)
+  calibrate  set a saved vector's iso-KL dose (--vector DIR, RunConfig overrides)
+  verify     re-run a round's verification and print it (RUN [--round K])
+  report     regenerate a run's report.md, report.html and trajectory.png from events.jsonl (RUN)
+  export     write a round as a plain peft adapter or a merged model (RUN [--round K] --peft DIR | --merged DIR)
 
-def neutral_prompts() -> list[str]:
-    """The 40 neutral user prompts shipped with steerheal."""
-    text = resources.files("steerheal.data").joinpath("neutral_prompts.txt").read_text(encoding="utf-8")
-    return [line.strip() for line in text.splitlines() if line.strip()]
+Each command takes --help."""
 
-
-def open_model(spec: str, quant: str | None, seed: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """`toyworld` (the shipped model), `tiny:<arch>` (random), or a hub id / local folder."""
-    if spec == TOYWORLD:
-        from steerheal import toyworld
-
-        return toyworld.load()
-    if spec.startswith(TINY_PREFIX):
-        arch = spec.removeprefix(TINY_PREFIX)
-        if arch not in TINY_ARCHS:
-            raise SteerhealError(f"--model {spec!r}: unknown tiny arch; choose one of {list(TINY_ARCHS)}")
-        return tiny_model(arch, seed=seed)
-    return load_model(spec, quant=quant)
+RUN_FLAGS = """steerheal run: flags handled before the RunConfig options below
+  --preset NAME   toyworld (default for --model toyworld), fast-dev-run (default for tiny:<arch>; without a
+                  --model it runs every tiny architecture), real (default for any other model)
+  --overwrite     replace an existing run directory
+  --resume        continue the run in runs_dir/name from its last complete round
+"""
 
 
-def prepare_out(out: Path, overwrite: bool) -> Path:
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise SteerhealError(f"{out} exists and is not empty; pass --overwrite or choose another --out")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+def _pop_flag(args: list[str], flag: str) -> bool:
+    if flag in args:
+        args.remove(flag)
+        return True
+    return False
 
 
-def templated(tok: PreTrainedTokenizerBase, users: list[str]) -> list[str]:
-    if tok.chat_template is None:
-        return users
-    return [
-        tok.apply_chat_template([{"role": "user", "content": u}], tokenize=False, add_generation_prompt=True)
-        for u in users
-    ]
+def _option(args: list[str], flag: str) -> str | None:
+    """The value of `flag` in args (left in place)."""
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
 
 
-@dataclass
-class RunArgs:
-    """Read a concept vector, calibrate its dose, and make filtered steered/unsteered pairs at a sweep of
-    multiples of that dose (the pre-loop main job)."""
-
-    model: str = TOYWORLD
-    """toyworld (the shipped model), tiny:<arch> (a random tiny model), an HF hub id or a local folder."""
-    quant: str | None = None
-    """None, 4bit or 8bit (bitsandbytes; also on CPU)."""
-    out: Path = Path("runs/demo")
-    """Where the vector (with its calibration), pairs.jsonl and the sweep table are saved."""
-    overwrite: bool = False
-    """Replace a non-empty --out."""
-    seed: int = 0
-    system_pos: str = "You are joyful, warm and full of delight."
-    """Persona contrast for models other than toyworld (toyworld reads its joy stories instead)."""
-    system_neg: str = "You are gloomy, cold and full of dread."
-    n_extract: int = 24
-    """Contrast pairs used for extraction (shipped prompts: the rest are held out)."""
-    n_eval: int = 32
-    """Held-out prompts sampled at each dose (toyworld; other models use the 16 held-out prompts)."""
-    target_kl: float = 1.0
-    """iso-KL target of the calibration: p95 of per-token KL(steered ‖ unsteered), in nats."""
-    alphas: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0)
-    """Doses of the sweep, as multiples of the calibrated c*."""
-    loose_filters: bool = False
-    """Check only emptiness (random tiny models fail every coherence filter)."""
-    max_new_tokens: int = 48
+def _take(args: list[str], flag: str) -> str | None:
+    """The value of `flag`, removed from args."""
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            value = args[i + 1]
+            del args[i : i + 2]
+            return value
+        if arg.startswith(flag + "="):
+            del args[i]
+            return arg.split("=", 1)[1]
+    return None
 
 
-@dataclass(frozen=True)
-class Concept:
-    """What to read, where to read it, what to steer on, and (when the truth is known) how to judge it."""
-
-    name: str
-    pos: list[Text]
-    neg: list[Text]
-    position: str
-    eval_prompts: list[str]
-    judge: Callable[[list[str]], dict[str, float]] | None
-
-
-def toyworld_concept(tok: PreTrainedTokenizerBase, args: RunArgs) -> Concept:
-    """toyworld's joy: paired stories read at `mean` (the read that steers best, docs/toyworld.md)."""
-    from steerheal.toyworld import world
-    from steerheal.toyworld.load import chat_prompts
-    from steerheal.toyworld.metrics import grammar_ok, mood_rates
-
-    pos, neg = world.contrast_set("joy", args.n_extract, args.seed)
-
-    def judge(texts: list[str]) -> dict[str, float]:
-        return {"joy rate": mood_rates(texts)["joy"], "grammar_ok": sum(map(grammar_ok, texts)) / len(texts)}
-
-    prompts = chat_prompts(tok, world.neutral_prompts(args.n_eval, args.seed))
-    return Concept("toyworld joy (paired stories @ mean)", pos, neg, "mean", prompts, judge)
+def run_config(args: list[str], prog: str, description: str) -> tuple[RunConfig, str]:
+    """(RunConfig, preset name) from a preset flag or the model, then tyro overrides."""
+    name = _take(args, "--preset")
+    model = _option(args, "--model")
+    if name is None:
+        name = "toyworld" if model in (None, TOYWORLD) else "fast-dev-run" if model.startswith(TINY_PREFIX) else "real"
+    if name not in PRESETS:
+        raise SteerhealError(f"--preset {name!r}: choose one of {list(PRESETS)}")
+    config = tyro.cli(RunConfig, default=preset(name), args=args, prog=prog, description=description)
+    return config, name
 
 
-def persona_concept(tok: PreTrainedTokenizerBase, args: RunArgs) -> Concept:
-    prompts = neutral_prompts()
-    if not 2 <= args.n_extract <= len(prompts) - 2:
-        raise SteerhealError(f"--n-extract {args.n_extract}: use 2..{len(prompts) - 2} of the {len(prompts)} prompts")
-    pos, neg = persona_contrast(tok, args.system_pos, args.system_neg, prompts[: args.n_extract])
-    held_out = templated(tok, prompts[args.n_extract :])
-    return Concept(
-        f"persona {args.system_pos!r} vs {args.system_neg!r} @ prompt_end", pos, neg, "prompt_end", held_out, None
+def command_run(args: list[str]) -> None:
+    from steerheal import report
+    from steerheal.loop import run
+
+    if "-h" in args or "--help" in args:
+        print(RUN_FLAGS)
+    overwrite, resume = _pop_flag(args, "--overwrite"), _pop_flag(args, "--resume")
+    all_archs = _option(args, "--model") is None
+    config, name = run_config(args, "steerheal run", "The loop (presets: see above).")
+    configs = [config]
+    if name == "fast-dev-run" and all_archs:
+        configs = [
+            dataclasses.replace(config, model=f"{TINY_PREFIX}{arch}", name=f"{config.name}-{arch}")
+            for arch in TINY_ARCHS
+        ]
+    for one in configs:
+        result = run(one, overwrite=overwrite, resume=resume)
+        paths = report.build(result.root) if result.rounds else {}
+        print(f"{one.model}: rounds {result.rounds}; stopped: {result.stop_reason}; report {paths.get('html', '-')}")
+
+
+def command_extract(args: list[str]) -> None:
+    from steerheal.concepts import build_concept
+    from steerheal.model_spec import open_model
+    from steerheal.vector import Vector
+
+    out = _take(args, "--out")
+    if out is None and not ({"-h", "--help"} & set(args)):
+        raise SteerhealError("steerheal extract needs --out DIR (where vector.safetensors and vector.json go)")
+    config, _ = run_config(args, "steerheal extract --out DIR", "Read the concept's teacher vector and save it.")
+    model, tok = open_model(config.model, config.quant, config.device, config.seed)
+    teacher = build_concept(config, tok).teacher
+    vector = Vector.train(
+        model, tok, teacher.pos, teacher.neg, config.concept.layers, config.concept.method, teacher.position
     )
+    vector.save(Path(out))  # type: ignore[arg-type]
+    print(f"{vector} -> {out}")
 
 
-def run(args: RunArgs) -> pl.DataFrame:
-    out = prepare_out(args.out, args.overwrite)
-    model, tok = open_model(args.model, args.quant, args.seed)
-    concept = toyworld_concept(tok, args) if args.model == TOYWORLD else persona_concept(tok, args)
-    vector = Vector.train(model, tok, concept.pos, concept.neg, position=concept.position)
-    logger.info(f"trained {vector} from {len(concept.pos)} pairs ({concept.name})")
-    prompts = concept.eval_prompts
-    vector.calibrate(model, tok, prompts[: max(4, len(prompts) // 2)], target_kl=args.target_kl, seed=args.seed)
-    vector.save(out / "vector")
+def command_calibrate(args: list[str]) -> None:
+    from steerheal.concepts import build_concept
+    from steerheal.model_spec import open_model
+    from steerheal.vector import Vector
+
+    folder = _take(args, "--vector")
+    if folder is None and not ({"-h", "--help"} & set(args)):
+        raise SteerhealError("steerheal calibrate needs --vector DIR (a vector saved by extract or Vector.save)")
+    config, _ = run_config(args, "steerheal calibrate --vector DIR", "Set a saved vector's iso-KL dose.")
+    vector = Vector.load(Path(folder))  # type: ignore[arg-type]  # checked before the model loads
+    model, tok = open_model(config.model, config.quant, config.device, config.seed)
+    vector = Vector.load(Path(folder), model=model)  # type: ignore[arg-type]
+    d = config.dose
+    vector.calibrate(
+        model,
+        tok,
+        build_concept(config, tok).calibration_prompts,
+        d.target_kl,
+        d.stat,
+        d.n_tokens,
+        d.tol,
+        liveness_samples=d.liveness_samples,
+        seed=config.seed,
+    )
+    vector.save(Path(folder))  # type: ignore[arg-type]
     record = vector.calibration or {}
-    filters = FilterConfig().loosened() if args.loose_filters else FilterConfig()
-    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens)
-
-    def judged(texts: list[str]) -> dict[str, float]:
-        return concept.judge(texts) if concept.judge else {}
-
-    rows, examples = [], []
-    for alpha in args.alphas:
-        pairs = make_pairs(model, tok, vector, prompts, alpha, args.seed, sampling, filters)
-        if alpha == args.alphas[0]:  # the unsteered side is the same at every dose (same seeds)
-            rows.append({"dose (x c*)": 0.0, "C": 0.0, "kept": None, **judged([p.rejected for p in pairs])})
-            examples.append(f"  x0     {pairs[0].rejected[:110]}")
-        if alpha == 1.0:
-            write_pairs(out / "pairs.jsonl", pairs)
-        kept = sum(p.kept for p in pairs) / len(pairs)
-        rows.append({"dose (x c*)": alpha, "C": pairs[0].dose["C"], "kept": kept, **judged([p.chosen for p in pairs])})
-        examples.append(f"  x{alpha:<5} {pairs[0].chosen[:110]}")
-    table = pl.DataFrame(rows)
-    liveness = record.get("liveness", {}).get("degenerate_fraction")
-    print(f"\nmodel {args.model}; concept: {concept.name}; {vector}")
     print(
-        f"c* = {record['c']:.4g}: {record['stat']} KL {record['value']:.3f} (target {args.target_kl}) in "
-        f"{record['n_evals']} evaluations; {liveness:.0%} of sampled steered continuations loop at c*"
+        f"c* = {record['c']:.4g} ({record['stat']} KL {record['value']:.4f} for target {record['target_kl']}, "
+        f"{record['n_evals']} evaluations); saved to {folder}"
     )
-    print(
-        f"{len(prompts)} held-out prompts, seed {args.seed}, filters {'loosened' if args.loose_filters else 'default'}"
-    )
-    with pl.Config(tbl_rows=-1, tbl_cols=-1, float_precision=3, tbl_width_chars=200, tbl_hide_dataframe_shape=True):
-        print(table)
-    print("first held-out prompt, sampled at each dose:\n" + "\n".join(examples))
-    table.write_csv(out / "steering_sweep.csv")
-    print(f"saved {out / 'vector'}, {out / 'pairs.jsonl'} (dose 1 x c*), {out / 'steering_sweep.csv'}")
-    return table
 
 
 @dataclass
-class ExtractArgs:
-    """Train a persona vector on the shipped neutral prompts and save it."""
+class RunRound:
+    """A round of a run (-1: the last complete one)."""
 
-    out: Path
-    """Folder for vector.safetensors and vector.json."""
-    model: str = TOYWORLD
-    quant: str | None = None
-    seed: int = 0
-    system_pos: str = "You are joyful, warm and full of delight."
-    system_neg: str = "You are gloomy, cold and full of dread."
-    method: str = "mean_diff"
-    layers: tuple[int, ...] | None = None
+    run: tyro.conf.Positional[Path]
+    round: int = -1
 
 
-def extract(args: ExtractArgs) -> Vector:
-    model, tok = open_model(args.model, args.quant, args.seed)
-    pos, neg = persona_contrast(tok, args.system_pos, args.system_neg, neutral_prompts())
-    vector = Vector.train(model, tok, pos, neg, layers=args.layers, method=args.method, position="prompt_end")
-    vector.save(args.out)
-    print(f"{vector} -> {args.out}")
-    return vector
+@dataclass
+class ExportArgs:
+    """Write a round as a plain peft adapter (--peft) or a merged dense model (--merged)."""
+
+    run: tyro.conf.Positional[Path]
+    round: int = -1
+    peft: Path | None = None
+    merged: Path | None = None
 
 
-def main() -> None:
+def command_verify(args: list[str]) -> None:
+    from steerheal.loop import verify_saved
+
+    parsed = tyro.cli(RunRound, args=args, prog="steerheal verify")
+    metrics = verify_saved(parsed.run, parsed.round)
+    print(json.dumps(metrics, indent=2, default=float))
+
+
+@dataclass
+class RunFolder:
+    """A run directory."""
+
+    run: tyro.conf.Positional[Path]
+
+
+def command_report(args: list[str]) -> None:
+    from steerheal import report
+
+    parsed = tyro.cli(RunFolder, args=args, prog="steerheal report")
+    for kind, path in report.build(parsed.run).items():
+        print(f"{kind}: {path}")
+
+
+def command_export(args: list[str]) -> None:
+    from steerheal.loop import load_run
+
+    parsed = tyro.cli(ExportArgs, args=args, prog="steerheal export")
+    if (parsed.peft is None) == (parsed.merged is None):
+        raise SteerhealError("steerheal export needs exactly one of --peft DIR or --merged DIR")
+    _model, tok, adapter = load_run(parsed.run, parsed.round)
+    if parsed.peft is not None:
+        adapter.export_peft(parsed.peft)
+        print(f"peft adapter -> {parsed.peft}")
+    else:
+        dense = adapter.bake()
+        dense.save_pretrained(parsed.merged)
+        tok.save_pretrained(parsed.merged)
+        print(f"merged model -> {parsed.merged}")
+
+
+COMMANDS = {
+    "run": command_run,
+    "extract": command_extract,
+    "calibrate": command_calibrate,
+    "verify": command_verify,
+    "report": command_report,
+    "export": command_export,
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE)
+        return
+    command = COMMANDS.get(args[0])
+    if command is None:
+        print(USAGE, file=sys.stderr)
+        raise SystemExit(f"steerheal: unknown command {args[0]!r}")
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 8)))
-    command = tyro.extras.subcommand_cli_from_dict({"run": RunArgs, "extract": ExtractArgs})
     try:
-        if isinstance(command, RunArgs):
-            run(command)
-        else:
-            extract(command)
+        command(args[1:])
     except SteerhealError as err:
         logger.error(str(err))
         raise SystemExit(2) from err

@@ -37,7 +37,8 @@ class FilterConfig:
     - `max_char_repetition`: share of repeated character `char_ngram`-grams.
     - `min_zlib_ratio`: compressed/raw size; loops compress well. Only for texts of at least
       `zlib_min_chars` characters (short texts do not compress at all).
-    - `min_tokens`: completions shorter than this (eos excluded) are dropped as too short or empty.
+    - `min_tokens`: completions shorter than this (eos excluded) are dropped as too short.
+    - `require_text`: drop completions whose text is empty once special tokens are removed.
     - `narration_regex` / `refusal_regex`: drop completions that narrate the persona or refuse.
     - `drop_unfinished`: drop completions that hit max_new_tokens without eos (the student learns to stop).
     - `drop_identical`: drop pairs whose chosen completion equals the rejected one (no signal).
@@ -52,6 +53,7 @@ class FilterConfig:
     min_zlib_ratio: float | None = 0.3
     zlib_min_chars: int = 120
     min_tokens: int = 4
+    require_text: bool = True
     narration_regex: str | None = NARRATION
     refusal_regex: str | None = REFUSAL
     drop_unfinished: bool = True
@@ -69,7 +71,8 @@ class FilterConfig:
             raise SteerhealError(f"FilterConfig: n-gram sizes and tail_tokens must be >= 1, min_tokens >= 0: {self}")
 
     def loosened(self) -> FilterConfig:
-        """Only emptiness and unfinished completions checked: random tiny models fail every other filter."""
+        """Only a completion of at least one token is required: random tiny models fail every other filter
+        (they even emit special tokens only, which decode to empty text)."""
         return replace(
             self,
             max_tail_ppl=None,
@@ -79,6 +82,7 @@ class FilterConfig:
             narration_regex=None,
             refusal_regex=None,
             min_tokens=1,
+            require_text=False,
             drop_unfinished=False,
             drop_identical=False,
         )
@@ -101,8 +105,10 @@ def zlib_ratio(text: str) -> float:
 def text_reasons(text: str, n_tokens: int, finished: bool, config: FilterConfig) -> list[str]:
     """Every text-level reason to drop a completion (empty list: it passes)."""
     reasons = []
-    if n_tokens < config.min_tokens or not text.strip():
+    if n_tokens < config.min_tokens:
         reasons.append(f"too short: {n_tokens} tokens < {config.min_tokens}")
+    if config.require_text and not text.strip():
+        reasons.append("empty text (special tokens only)")
     if config.drop_unfinished and not finished:
         reasons.append("unfinished: no end-of-turn within max_new_tokens")
     if config.max_word_repetition is not None:

@@ -55,11 +55,14 @@ def sample(
     max_new_tokens: int = 48,
     batch_size: int = 16,
     progress: bool | None = None,
+    first_index: int = 0,
 ) -> list[list[int]]:
     """Completion ids per prompt (in prompt order). A completion that stopped ends with the eos id.
 
     `temperature=0` is greedy decoding. Prompts are strings (already templated) or (prompt, completion)
-    pairs whose completion part is continued.
+    pairs whose completion part is continued. Prompt i is sampled with the generator of (seed, first_index
+    + i): sampling a list in two calls (the second with `first_index` = the length of the first) draws
+    exactly what one call over the whole list would.
     """
     if temperature < 0 or not 0 < top_p <= 1 or max_new_tokens < 1:
         raise SteerhealError(
@@ -76,7 +79,7 @@ def sample(
     plan = length_sorted_batches([len(e.ids) for e in encoded], batch_size)
     for rows in tqdm(plan, desc="sample", disable=not progress if progress is not None else None):
         batch = left_pad([encoded[i] for i in rows], pad_id).to(device)
-        generators = [torch.Generator().manual_seed(row_seed(seed, i)) for i in rows]
+        generators = [torch.Generator().manual_seed(row_seed(seed, first_index + i)) for i in rows]
         mask, positions = batch.attention_mask, batch.position_ids
         result = model(input_ids=batch.input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
         done = torch.zeros(len(rows), dtype=torch.bool, device=device)

@@ -16,6 +16,7 @@ from loguru import logger
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from steerheal.attention import use_broadcast_mask
 from steerheal.errors import SteerhealError
 
 # model_type (from the config) -> attribute path of the decoder blocks. An explicit table, so that a
@@ -278,6 +279,7 @@ def load_model(
             "config.json, weights and tokenizer files, or a hub id on a machine that can reach the hub."
         ) from err
     model.eval()
+    use_broadcast_mask(model)
     prepare_tokenizer(tok)
     fp = fingerprint(model)
     logger.info(

@@ -136,9 +136,11 @@ def make_pairs(
     sampling: SamplingConfig = SamplingConfig(),
     filters: FilterConfig | None = None,
     include_eos: bool = True,
+    first_index: int = 0,
 ) -> list[PreferencePair]:
     """One pair per prompt: chosen sampled under `vector.steer(alpha)`, rejected without steering.
-    `filters=None` applies the defaults of `FilterConfig`."""
+    `filters=None` applies the defaults of `FilterConfig`; `first_index` continues the per-prompt seeds
+    of an earlier call (see `generate.sample`)."""
     filters = filters or FilterConfig()
     if vector.coeff is None:
         raise SteerhealError("make_pairs: the vector has no dose; calibrate it (v.calibrate) or set v.coeff")
@@ -153,6 +155,7 @@ def make_pairs(
         top_p=sampling.top_p,
         max_new_tokens=sampling.max_new_tokens,
         batch_size=sampling.batch_size,
+        first_index=first_index,
     )
     with vector.steer(model, alpha=alpha):
         chosen = sample(model, tok, prompts, **kwargs)
@@ -167,7 +170,7 @@ def make_pairs(
     for i, prompt in enumerate(prompts):
         rejected_text = tok.decode(rejected[i], skip_special_tokens=True)
         reasons = [f"chosen: {r}" for r in checks[i].reasons]
-        if not rejected_text.strip():
+        if not rejected[i] or (filters.require_text and not rejected_text.strip()):
             reasons.append("rejected: empty")
         if filters.drop_identical and chosen[i] == rejected[i]:
             reasons.append("identical: steering changed nothing")
@@ -194,6 +197,7 @@ def make_pairs(
 class DoseWalk:
     alpha: float
     keep_rates: list[tuple[float, float]]  # (alpha, keep rate) in the order tried
+    probe_pairs: list[PreferencePair]  # the probe's pairs at the accepted alpha (the first prompts)
 
 
 def dose_walk(
@@ -227,7 +231,7 @@ def dose_walk(
         rate = sum(p.kept for p in pairs) / len(pairs)
         tried.append((current, rate))
         if rate >= keep_target:
-            return DoseWalk(current, tried)
+            return DoseWalk(current, tried, pairs)
         current *= factor
     rates = ", ".join(f"alpha {a:.3g}: {r:.0%}" for a, r in tried)
     raise SteerhealError(
@@ -261,3 +265,26 @@ def read_pairs(path: str | Path) -> list[PreferencePair]:
             raise SteerhealError(f"{path}:{n}: unknown format_version; expected {FORMAT_VERSION}")
         pairs.append(PreferencePair.from_json(data, f"{path}:{n}"))
     return pairs
+
+
+def walk_and_pair(
+    model: nn.Module,
+    tok: PreTrainedTokenizerBase,
+    vector: Vector,
+    prompts: Sequence[str],
+    walk: DoseWalk,
+    seed: int = 0,
+    sampling: SamplingConfig = SamplingConfig(),
+    filters: FilterConfig | None = None,
+    include_eos: bool = True,
+) -> list[PreferencePair]:
+    """Pairs for every prompt at the walk's alpha, reusing the probe's pairs for the first prompts: equal to
+    `make_pairs(prompts, walk.alpha, seed)` in one call, without sampling the probe twice."""
+    done = walk.probe_pairs
+    if [p.prompt for p in done] != list(prompts[: len(done)]):
+        raise SteerhealError("walk_and_pair: the walk's probe was not the first prompts of this list")
+    rest = list(prompts[len(done) :])
+    if not rest:
+        return list(done)
+    more = make_pairs(model, tok, vector, rest, walk.alpha, seed, sampling, filters, include_eos, len(done))
+    return [*done, *more]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, no_type_check
 
 import torch
 from jaxtyping import Float
@@ -36,6 +36,7 @@ def add_to_residual(model: nn.Module, shifts: dict[int, Float[Tensor, " hidden"]
     inner = unwrap(model)
     handles = []
 
+    @no_type_check  # created per call: not worth a runtime check each time (BEARTYPE=1)
     def make_hook(shift: Tensor) -> Any:
         cast: dict[tuple[torch.dtype, torch.device], Tensor] = {}
 

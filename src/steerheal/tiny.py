@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
 
+from steerheal.attention import use_broadcast_mask
 from steerheal.errors import SteerhealError
 
 TINY_INIT_RANGE = 0.3
@@ -161,4 +162,5 @@ def tiny_model(
     model.config.architectures = [type(model).__name__]
     model.generation_config.pad_token_id = tok.pad_token_id
     model.eval()
+    use_broadcast_mask(model)
     return model, tok

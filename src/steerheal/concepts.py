@@ -1,0 +1,157 @@
+"""Where a run's concept comes from: the contrast texts, the prompts of each stage, and (on toyworld) the truth.
+
+Every stage gets its own prompts, so nothing the student is trained on is used to judge it:
+- extraction: contrast texts (toyworld: paired stories in the mood and neutral; persona: the same user
+  prompts under two system prompts, read at the assistant tag);
+- calibration and pairs: neutral prompts, a fresh draw per round for the pairs;
+- verification: held-out neutral prompts, the same every round.
+An off-target contrast (another mood; another persona) gives the control that should not move.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+
+from transformers import PreTrainedTokenizerBase
+
+from steerheal.errors import SteerhealError
+from steerheal.persona import persona_contrast
+from steerheal.runconfig import RunConfig
+from steerheal.texts import Text
+
+BUILTIN_POS = "You are joyful, warm and full of delight."
+BUILTIN_NEG = "You are gloomy, cold and full of dread."
+BUILTIN_OFF_POS = "You are formal, precise and terse."
+BUILTIN_OFF_NEG = "You are casual, chatty and loose."
+
+
+@dataclass(frozen=True)
+class Contrast:
+    pos: list[Text]
+    neg: list[Text]
+    position: str
+
+
+@dataclass(frozen=True)
+class Concept:
+    name: str
+    teacher: Contrast
+    off_target: Contrast
+    calibration_prompts: list[str]
+    eval_prompts: list[str]
+    train_prompts: Callable[[int], list[str]]  # round -> the prompts of that round's pairs
+    judge: Callable[[list[str]], dict[str, float]] | None  # exact metrics of completions, where truth is known
+
+
+def _templated(tok: PreTrainedTokenizerBase, users: list[str]) -> list[str]:
+    if tok.chat_template is None:
+        return list(users)
+    return [
+        tok.apply_chat_template([{"role": "user", "content": u}], tokenize=False, add_generation_prompt=True)
+        for u in users
+    ]
+
+
+def _toyworld(config: RunConfig, tok: PreTrainedTokenizerBase) -> Concept:
+    from steerheal.toyworld import world
+    from steerheal.toyworld.load import chat_prompts
+    from steerheal.toyworld.metrics import grammar_ok, mood_rates
+
+    c = config.concept
+    for mood in (c.mood, c.off_target_mood):
+        if mood not in world.MOODS:
+            raise SteerhealError(f"concept mood {mood!r} is not a toyworld mood; choose one of {world.MOODS}")
+    if c.mood == c.off_target_mood:
+        raise SteerhealError("concept.off_target_mood must differ from concept.mood")
+    seed = config.seed
+
+    def judge(texts: list[str]) -> dict[str, float]:
+        rates = mood_rates(texts)
+        return {
+            "mood_rate": rates[c.mood],
+            "off_target_mood_rate": rates[c.off_target_mood],
+            "grammar_ok": sum(map(grammar_ok, texts)) / len(texts),
+        }
+
+    return Concept(
+        name=f"toyworld {c.mood}",
+        teacher=Contrast(*world.contrast_set(c.mood, c.n_extract, seed), "mean"),
+        off_target=Contrast(*world.contrast_set(c.off_target_mood, c.n_extract, seed), "mean"),
+        calibration_prompts=chat_prompts(tok, world.neutral_prompts(config.dose.n_prompts, seed, "calibration")),
+        eval_prompts=chat_prompts(tok, world.neutral_prompts(config.verify.n_prompts, seed, "eval")),
+        train_prompts=lambda round_: chat_prompts(tok, world.neutral_prompts(config.n_pairs, seed, f"train{round_}")),
+        judge=judge,
+    )
+
+
+def _split_prompts(config: RunConfig, prompts: list[str], what: str) -> tuple[list[str], list[str], list[str]]:
+    """(calibration, train, eval) from one prompt list: eval held out at the end, calibration from the start."""
+    n_eval, n_cal = config.verify.n_prompts, config.dose.n_prompts
+    if len(prompts) < n_eval + max(n_cal, 2):
+        raise SteerhealError(
+            f"{what} has {len(prompts)} prompts; the run needs verify.n_prompts={n_eval} held out plus "
+            f"dose.n_prompts={n_cal} for calibration and pairs. Add prompts or lower those numbers."
+        )
+    train = prompts[: len(prompts) - n_eval]
+    return train[:n_cal], train, prompts[len(prompts) - n_eval :]
+
+
+def _persona_concept(
+    config: RunConfig,
+    tok: PreTrainedTokenizerBase,
+    name: str,
+    pos: tuple[str, str],
+    off: tuple[str, str],
+    prompts: list[str],
+) -> Concept:
+    calibration, train, held_out = _split_prompts(config, prompts, name)
+    pos_texts, neg_texts = persona_contrast(tok, *pos, train)
+    off_pos, off_neg = persona_contrast(tok, *off, train)
+
+    def train_prompts(round_: int) -> list[str]:
+        return _templated(tok, [train[(round_ * config.n_pairs + i) % len(train)] for i in range(config.n_pairs)])
+
+    return Concept(
+        name=name,
+        teacher=Contrast(pos_texts, neg_texts, "prompt_end"),
+        off_target=Contrast(off_pos, off_neg, "prompt_end"),
+        calibration_prompts=_templated(tok, calibration),
+        eval_prompts=_templated(tok, held_out),
+        train_prompts=train_prompts,
+        judge=None,
+    )
+
+
+def build_concept(config: RunConfig, tok: PreTrainedTokenizerBase) -> Concept:
+    """The run's concept; files are read and checked before any model work."""
+    c = config.concept
+    if c.source == "toyworld":
+        return _toyworld(config, tok)
+    if c.source == "builtin":
+        text = resources.files("steerheal.data").joinpath("neutral_prompts.txt").read_text(encoding="utf-8")
+        prompts = [line.strip() for line in text.splitlines() if line.strip()]
+        return _persona_concept(
+            config,
+            tok,
+            "builtin joyful vs gloomy persona",
+            (BUILTIN_POS, BUILTIN_NEG),
+            (BUILTIN_OFF_POS, BUILTIN_OFF_NEG),
+            prompts,
+        )
+    if c.source == "persona":
+        from steerheal.corpus import Persona
+
+        if c.persona_file is None or c.off_target_file is None:
+            raise SteerhealError("concept.source='persona' needs concept.persona_file and concept.off_target_file")
+        persona, off = Persona.load(c.persona_file), Persona.load(c.off_target_file)
+        return _persona_concept(
+            config,
+            tok,
+            f"persona {persona.name}",
+            (persona.system_pos, persona.system_neg),
+            (off.system_pos, off.system_neg),
+            list(persona.prompts),
+        )
+    raise SteerhealError(f"concept.source={c.source!r}: use toyworld, persona or builtin")

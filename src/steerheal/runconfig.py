@@ -1,0 +1,205 @@
+"""RunConfig: everything one run of the loop does, with documented defaults and three presets.
+
+`toyworld` is the embedded default of `just run` (offline, CPU, minutes); `fast-dev-run` runs the whole loop
+on a tiny random model of every supported architecture in seconds (scale-only knobs, filters loosened and
+logged); `real` is a real chat model in 4-bit (`google/gemma-3-1b-it` by default) with a persona contrast
+from `corpus/personas`. Every field can be overridden on the command line (tyro).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from steerheal.errors import SteerhealError
+from steerheal.filters import FilterConfig
+from steerheal.heal import HealConfig
+from steerheal.pairs import SamplingConfig
+
+PRESETS = ("toyworld", "fast-dev-run", "real")
+
+
+@dataclass(frozen=True)
+class ConceptConfig:
+    """What concept to distil, read from what texts."""
+
+    source: str = "toyworld"
+    """toyworld (paired mood stories of the shipped world), persona (a corpus/personas JSON file), or
+    builtin (a joyful/gloomy persona contrast over steerheal's 40 shipped prompts: tiny models)."""
+    mood: str = "joy"
+    """toyworld: the mood to distil."""
+    off_target_mood: str = "anger"
+    """toyworld: a mood that should not move (the off-target control)."""
+    persona_file: Path | None = None
+    """persona: the contrast to distil (system_pos, system_neg, prompts)."""
+    off_target_file: Path | None = None
+    """persona: another contrast that should not move (the off-target control)."""
+    n_extract: int = 64
+    """Contrast pairs the teacher vector is read from (toyworld: paired stories)."""
+    method: str = "mean_diff"
+    layers: tuple[int, ...] | None = None
+    """Blocks the vector lives at (None: the middle third)."""
+
+
+@dataclass(frozen=True)
+class DoseConfig:
+    """iso-KL calibration and the dose walk, re-done every round on the current student."""
+
+    target_kl: float = 1.0
+    """p95 of per-token KL(steered ‖ unsteered) in nats at the calibrated dose c*."""
+    stat: str = "p95"
+    n_tokens: int = 20
+    tol: float = 0.05
+    n_prompts: int = 16
+    liveness_samples: int = 16
+    alpha: float = 1.0
+    """Dose of the pairs as a multiple of c*; lowered by the walk when too few pairs survive."""
+    alpha_min: float = 0.25
+    walk_factor: float = 0.7
+    keep_target: float = 0.5
+    probe_size: int = 16
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    r: int = 8
+    alpha: float = 16.0
+    depth_band: tuple[float, float] = (0.2, 0.8)
+    target_modules: tuple[str, ...] | None = None
+    """Name patterns of the linear layers to adapt (None: every linear layer of the selected blocks)."""
+
+
+@dataclass(frozen=True)
+class StopConfig:
+    """When to stop: the coherence floor is absolute and checked before any ratio (prior-art pitfall 1)."""
+
+    max_rounds: int = 3
+    min_grammar_ok: float = 0.9
+    """toyworld: the student's grammar_ok may not fall below this."""
+    min_distinct_2: float = 0.2
+    """The student's distinct-2 over its generations may not fall below this."""
+    max_kl_tail: float = 3.0
+    """p95 of per-token KL(student ‖ base) on neutral prompts may not exceed this (nats)."""
+    min_trait_gain: float = 0.02
+    """Stop when a round raises retain by less than this (retain is defined and the round is not the first)."""
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    n_prompts: int = 64
+    """Held-out neutral prompts for base, steered and student generations."""
+    max_new_tokens: int = 48
+    retain_floor: float = 0.05
+    """retain = Δtrait(student) / Δtrait(steered) is undefined (None) when |Δtrait(steered)| is below this."""
+    n_samples: int = 4
+    """Base / steered / student texts saved per round (samples.jsonl)."""
+    corpus: Path | None = None
+    """A concept corpus folder: when set, a Readout is re-trained on the student every round."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "toyworld"
+    """The run's folder under runs_dir."""
+    runs_dir: Path = Path("runs")
+    model: str = "toyworld"
+    """toyworld, tiny:<arch>, an HF hub id or a local folder."""
+    quant: str | None = None
+    device: str | None = None
+    seed: int = 0
+    n_pairs: int = 128
+    """Prompts sampled into preference pairs per round."""
+    lam_power: float = 0.0
+    """The barrier's lam in round k is heal.lam * (k + 1) ** lam_power."""
+    loose_filters: bool = False
+    """Check only emptiness (random tiny models fail every coherence filter); logged."""
+    concept: ConceptConfig = field(default_factory=ConceptConfig)
+    dose: DoseConfig = field(default_factory=DoseConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    filters: FilterConfig = field(default_factory=FilterConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    heal: HealConfig = field(default_factory=lambda: HealConfig(lr=2e-3, epochs=3))
+    stop: StopConfig = field(default_factory=StopConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        def plain(value: Any) -> Any:
+            if dataclasses.is_dataclass(value):
+                return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+            if isinstance(value, Path):
+                return str(value)
+            if isinstance(value, tuple):
+                return [plain(v) for v in value]
+            return value
+
+        return plain(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """The inverse of to_dict (a run's config.json), for --resume."""
+        return _build(cls, data, "config.json")
+
+
+PATH_FIELDS = {"runs_dir", "persona_file", "off_target_file", "corpus"}
+
+
+def _build(kind: Any, value: Any, where: str) -> Any:
+    if not isinstance(value, dict):
+        raise SteerhealError(f"{where}: expected an object for {kind.__name__}, got {value!r}")
+    hints = typing.get_type_hints(kind)
+    unknown = set(value) - set(hints)
+    if unknown:
+        raise SteerhealError(f"{where}: unknown fields {sorted(unknown)} for {kind.__name__}")
+    kwargs = {}
+    for name, raw in value.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, raw, f"{where}.{name}")
+        elif isinstance(raw, list):
+            kwargs[name] = tuple(raw)
+        elif name in PATH_FIELDS and raw is not None:
+            kwargs[name] = Path(raw)
+        else:
+            kwargs[name] = raw
+    return kind(**kwargs)
+
+
+def preset(name: str) -> RunConfig:
+    """The named preset (see the module docstring)."""
+    if name == "toyworld":
+        return RunConfig()
+    if name == "fast-dev-run":
+        return RunConfig(
+            name="fast-dev-run",
+            model="tiny:llama",
+            n_pairs=4,
+            loose_filters=True,
+            concept=ConceptConfig(source="builtin", n_extract=8),
+            dose=DoseConfig(n_prompts=4, n_tokens=6, liveness_samples=2, probe_size=4, keep_target=0.25),
+            sampling=SamplingConfig(max_new_tokens=8, batch_size=8),
+            adapter=AdapterConfig(r=2, alpha=4.0),
+            heal=HealConfig(lr=1e-2, epochs=2, batch_size=2, grad_accum=1, warmup_steps=0, grad_ratio_every=2),
+            stop=StopConfig(max_rounds=2, min_grammar_ok=0.0, min_distinct_2=0.0, max_kl_tail=1e9, min_trait_gain=-1e9),
+            verify=VerifyConfig(n_prompts=4, max_new_tokens=8, n_samples=2),
+        )
+    if name == "real":
+        return RunConfig(
+            name="real",
+            model="google/gemma-3-1b-it",
+            quant="4bit",
+            n_pairs=96,
+            concept=ConceptConfig(
+                source="persona",
+                persona_file=Path("corpus/personas/care_over_authority.json"),
+                off_target_file=Path("corpus/personas/candor_over_flattery.json"),
+            ),
+            sampling=SamplingConfig(max_new_tokens=96, batch_size=8),
+            adapter=AdapterConfig(r=32, alpha=64.0),
+            heal=HealConfig(lr=1e-4, epochs=3, batch_size=2, grad_accum=2),
+            stop=StopConfig(min_grammar_ok=0.0),
+            verify=VerifyConfig(n_prompts=16, max_new_tokens=96),
+        )
+    raise SteerhealError(f"preset {name!r} is unknown; choose one of {list(PRESETS)}")

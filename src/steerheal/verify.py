@@ -1,0 +1,271 @@
+"""Verification of a round: did the concept survive, did the trait move, did coherence hold?
+
+Every round is judged on the same held-out neutral prompts, against a fixed reference set at round 0 on the
+base model: the base's own generations, and the base steered by round 0's teacher vector at its calibrated
+dose ("steered"). The student is the model with every folded round on and no steering.
+
+- Direction wander: cos(v_round, v_0) per layer, beside a noise ceiling: the cosine between vectors read
+  from two halves of the contrast set on the base (what re-reading alone costs).
+- Internalisation: v_student = mean(h_student − h_base) at the prompt end of neutral prompts;
+  cos(v_student, v_teacher) and the projection of that shift on the teacher direction, per layer.
+- Trait: the teacher's concept score (projection read by the base model, mean over each generation's
+  tokens) of base, steered and student generations; retain = Δtrait(student) / Δtrait(steered), undefined
+  (None) when |Δtrait(steered)| < retain_floor. On toyworld also the exact mood rates and a mood retain.
+- Off-target: the same for a concept that should not move (another mood; another persona).
+- Coherence: p95 of per-token KL(student ‖ base) on the base's greedy continuations of the held-out
+  prompts; distinct-2, word 3-gram repetition and the share of looping generations; perplexity of the
+  student's generations under the base; on toyworld grammar_ok.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from steerheal.adapter import GatedLoRA
+from steerheal.calibrate import statistic
+from steerheal.capture import capture
+from steerheal.concepts import Concept, Contrast
+from steerheal.filters import is_degenerate, ngram_repetition
+from steerheal.generate import decode, sample
+from steerheal.losses import token_kl
+from steerheal.scoring import completion_batches, completion_token_logprobs, scored_log_probs
+from steerheal.texts import encode
+from steerheal.toyworld.metrics import distinct_n
+from steerheal.vector import Vector
+
+
+@dataclass
+class Generations:
+    ids: list[list[int]]
+    texts: list[str]
+
+
+def generate(
+    model: nn.Module,
+    tok: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    seed: int,
+    max_new_tokens: int,
+    batch_size: int,
+) -> Generations:
+    ids = sample(model, tok, prompts, seed, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return Generations(ids, decode(tok, ids))
+
+
+def concept_score(
+    model: nn.Module, adapter: GatedLoRA, tok: PreTrainedTokenizerBase, vector: Vector, texts: Sequence[str]
+) -> float:
+    """Mean projection of the texts on the vector, read by the base model at `mean`, over layers and texts.
+    Empty generations carry no content and are left out (they are counted by the coherence metrics)."""
+    nonempty = [t for t in texts if t.strip()]
+    if not nonempty:
+        return math.nan
+    with adapter.reference("base"):
+        return float(vector.project(model, tok, nonempty, position="mean").mean())
+
+
+def cosines(a: Vector, b: Vector) -> dict[int, float]:
+    return {layer: float(a.directions[layer] @ b.directions[layer]) for layer in a.layers if layer in b.directions}
+
+
+def noise_ceiling(
+    model: nn.Module, adapter: GatedLoRA, tok: PreTrainedTokenizerBase, contrast: Contrast, like: Vector
+) -> dict[int, float]:
+    """cos between vectors read from the even and odd halves of the contrast set, on the base."""
+    halves = []
+    with adapter.reference("base"):
+        for start in (0, 1):
+            pos, neg = list(contrast.pos[start::2]), list(contrast.neg[start::2])
+            halves.append(Vector.train(model, tok, pos, neg, like.layers, like.method, contrast.position))
+    return cosines(halves[0], halves[1])
+
+
+def internalisation(
+    model: nn.Module, adapter: GatedLoRA, tok: PreTrainedTokenizerBase, prompts: Sequence[str], teacher: Vector
+) -> dict[str, dict[int, float]]:
+    with adapter.reference("base"):
+        base = capture(model, tok, prompts, teacher.layers, "prompt_end")
+    student = capture(model, tok, prompts, teacher.layers, "prompt_end")
+    cos, projection = {}, {}
+    for layer in teacher.layers:
+        shift = (student[layer] - base[layer]).mean(0)
+        norm = float(shift.norm())
+        cos[layer] = float(shift @ teacher.directions[layer]) / norm if norm > 0 else 0.0
+        projection[layer] = float(shift @ teacher.directions[layer])
+    return {"cos": cos, "projection": projection}
+
+
+@torch.no_grad()
+def kl_tail(
+    model: nn.Module,
+    adapter: GatedLoRA,
+    tok: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    n_tokens: int,
+    batch_size: int,
+) -> float:
+    """p95 of per-token KL(student ‖ base), scored on the base's greedy continuations of the prompts."""
+    prompt_ids = [list(e.ids) for e in encode(tok, prompts, 10**9, what="prompts")]
+    with adapter.reference("base"):
+        continuations = sample(model, tok, prompts, temperature=0, max_new_tokens=n_tokens, batch_size=batch_size)
+    items = completion_batches(tok, prompt_ids, continuations, batch_size)
+    values = []
+    for item in items:
+        with adapter.reference("base"):
+            base = scored_log_probs(model, item)
+        values.append(token_kl(scored_log_probs(model, item), base, "rev"))
+    return statistic(torch.cat(values), "p95")
+
+
+def perplexity_under_base(
+    model: nn.Module,
+    adapter: GatedLoRA,
+    tok: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    generations: Generations,
+    batch_size: int,
+) -> float:
+    prompt_ids = [list(e.ids) for e in encode(tok, prompts, 10**9, what="prompts")]
+    rows = [(p, c) for p, c in zip(prompt_ids, generations.ids, strict=True) if c]
+    if not rows:
+        return math.inf
+    with adapter.reference("base"):
+        logprobs = completion_token_logprobs(model, tok, [p for p, _ in rows], [c for _, c in rows], batch_size)
+    return math.exp(-float(torch.cat(logprobs).mean()))
+
+
+def text_metrics(generations: Generations) -> dict[str, float]:
+    texts = generations.texts
+    return {
+        "distinct_2": distinct_n(texts, 2),
+        "word_repetition": sum(ngram_repetition(t.split(), 3) for t in texts) / len(texts),
+        "loop_fraction": sum(is_degenerate(ids) for ids in generations.ids) / len(generations.ids),
+        "empty_fraction": sum(not t.strip() for t in texts) / len(texts),
+    }
+
+
+def retain(student: float, base: float, steered: float, floor: float) -> float | None:
+    """Δtrait(student) / Δtrait(steered); None (undefined) when steering moved the trait less than `floor`."""
+    delta = steered - base
+    if not math.isfinite(delta) or abs(delta) < floor or not math.isfinite(student):
+        return None
+    return (student - base) / delta
+
+
+@dataclass
+class Reference:
+    """What every round is compared with, set once at round 0 on the base model."""
+
+    teacher: Vector  # round 0's vector, coeff = the dose the steered reference used
+    off_target: Vector
+    ceiling: dict[int, float]
+    base: Generations
+    steered: Generations
+    scores: dict[str, float]  # trait / off-target scores and judged metrics of base and steered
+    judged: dict[str, dict[str, float]]
+
+
+def build_reference(
+    model: nn.Module,
+    adapter: GatedLoRA,
+    tok: PreTrainedTokenizerBase,
+    concept: Concept,
+    teacher: Vector,
+    seed: int,
+    max_new_tokens: int,
+    batch_size: int,
+) -> Reference:
+    """Base and steered generations of the held-out prompts, their scores, the off-target vector and the
+    noise ceiling, all on the base model (every gate 0)."""
+    prompts = concept.eval_prompts
+    with adapter.reference("base"):
+        off = Vector.train(
+            model,
+            tok,
+            concept.off_target.pos,
+            concept.off_target.neg,
+            teacher.layers,
+            teacher.method,
+            concept.off_target.position,
+        )
+        base = generate(model, tok, prompts, seed, max_new_tokens, batch_size)
+        with teacher.steer(model):
+            steered = generate(model, tok, prompts, seed, max_new_tokens, batch_size)
+    scores = {
+        "trait_base": concept_score(model, adapter, tok, teacher, base.texts),
+        "trait_steered": concept_score(model, adapter, tok, teacher, steered.texts),
+        "off_target_base": concept_score(model, adapter, tok, off, base.texts),
+        "off_target_steered": concept_score(model, adapter, tok, off, steered.texts),
+    }
+    judged = {}
+    if concept.judge is not None:
+        judged = {"base": concept.judge(base.texts), "steered": concept.judge(steered.texts)}
+    ceiling = noise_ceiling(model, adapter, tok, concept.teacher, teacher)
+    return Reference(teacher, off, ceiling, base, steered, scores, judged)
+
+
+def verify_round(
+    model: nn.Module,
+    adapter: GatedLoRA,
+    tok: PreTrainedTokenizerBase,
+    concept: Concept,
+    reference: Reference,
+    vector: Vector,
+    seed: int,
+    max_new_tokens: int,
+    batch_size: int,
+    n_tokens: int,
+    retain_floor: float,
+    n_samples: int,
+) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """(metrics, samples) of the student as the model is now (every folded round on, no steering)."""
+    prompts = concept.eval_prompts
+    student = generate(model, tok, prompts, seed, max_new_tokens, batch_size)
+    s = reference.scores
+    trait = concept_score(model, adapter, tok, reference.teacher, student.texts)
+    off = concept_score(model, adapter, tok, reference.off_target, student.texts)
+    wander = cosines(vector, reference.teacher)
+    inside = internalisation(model, adapter, tok, prompts, reference.teacher)
+    metrics: dict[str, Any] = {
+        "trait": {"base": s["trait_base"], "steered": s["trait_steered"], "student": trait},
+        "retain": retain(trait, s["trait_base"], s["trait_steered"], retain_floor),
+        "off_target": {
+            "base": s["off_target_base"],
+            "steered": s["off_target_steered"],
+            "student": off,
+            "moved": off - s["off_target_base"],
+        },
+        "direction": {
+            "cos_to_round0": wander,
+            "noise_ceiling": reference.ceiling,
+            "cos_to_round0_mean": sum(wander.values()) / len(wander),
+            "noise_ceiling_mean": sum(reference.ceiling.values()) / len(reference.ceiling),
+        },
+        "internalisation": {**inside, "cos_mean": sum(inside["cos"].values()) / len(inside["cos"])},
+        "coherence": {
+            "kl_tail_p95": kl_tail(model, adapter, tok, prompts, n_tokens, batch_size),
+            "ppl_under_base": perplexity_under_base(model, adapter, tok, prompts, student, batch_size),
+            **text_metrics(student),
+        },
+        "coherence_base": text_metrics(reference.base),
+        "coherence_steered": text_metrics(reference.steered),
+    }
+    if concept.judge is not None:
+        judged = concept.judge(student.texts)
+        base, steered = reference.judged["base"], reference.judged["steered"]
+        metrics["truth"] = {"base": base, "steered": steered, "student": judged}
+        metrics["retain_mood"] = retain(judged["mood_rate"], base["mood_rate"], steered["mood_rate"], 0.02)
+    samples = [
+        {"prompt": p, "base": b, "steered": st, "student": stu}
+        for p, b, st, stu in list(
+            zip(prompts, reference.base.texts, reference.steered.texts, student.texts, strict=True)
+        )[:n_samples]
+    ]
+    return metrics, samples
