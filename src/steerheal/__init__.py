@@ -26,13 +26,17 @@ def _shape_checked() -> AbstractContextManager[object]:
 
 
 with _shape_checked():
+    from steerheal import monitor as _monitor  # noqa: F401 (imported to be shape-checked)
+    from steerheal import quality as _quality  # noqa: F401 (imported to be shape-checked)
     from steerheal import toyworld
     from steerheal.capture import capture, capture_tokens
+    from steerheal.corpus import Corpus, Persona, load_personas
     from steerheal.errors import SteerhealError
     from steerheal.files import steerheal_version
     from steerheal.generate import sample
     from steerheal.model import Fingerprint, decoder_layers, fingerprint, load_model
     from steerheal.persona import persona_contrast
+    from steerheal.readout import Readout
     from steerheal.tiny import TINY_ARCHS, tiny_model
     from steerheal.toyworld import report as _toyworld_report  # noqa: F401 (imported to be shape-checked)
     from steerheal.vector import Vector
@@ -41,7 +45,10 @@ __version__ = steerheal_version()
 
 __all__ = [
     "TINY_ARCHS",
+    "Corpus",
     "Fingerprint",
+    "Persona",
+    "Readout",
     "SteerhealError",
     "Vector",
     "__version__",
@@ -50,6 +57,7 @@ __all__ = [
     "decoder_layers",
     "fingerprint",
     "load_model",
+    "load_personas",
     "persona_contrast",
     "sample",
     "tiny_model",
