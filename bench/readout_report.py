@@ -27,6 +27,7 @@ from steerheal.readout import READOUT_METHODS, CorpusActivations, read_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = READOUT_METHODS  # mean_diff, pca, logistic, logistic_l1, subspace
+FAILURES: list[str] = []
 
 
 def markdown(df: pl.DataFrame) -> str:
@@ -53,7 +54,11 @@ def per_concept(acts: CorpusActivations, corpus: sh.Corpus) -> pl.DataFrame:
     for method in METHODS:
         source = acts if method == "subspace" else CorpusActivations(acts.texts, "mean", acts.pooled)
         for seed in seeds():
-            ro = sh.Readout.fit(source, corpus.split(0.3, seed)[0], method)
+            try:
+                ro = sh.Readout.fit(source, corpus.split(0.3, seed)[0], method)
+            except sh.SteerhealError as err:  # reported, not hidden: the method failed on this split
+                FAILURES.append(f"{method}, split seed {seed}: {err}")
+                continue
             for layer, figures in heldout_scores(ro, source, corpus, 0.3, seed).items():
                 for concept, (auc, top1) in figures.items():
                     rows.append(
@@ -83,7 +88,7 @@ def summary(figures: pl.DataFrame, k: int) -> pl.DataFrame:
 def wide(figures: pl.DataFrame) -> pl.DataFrame:
     auroc = figures.pivot(on="method", index="concept", values="auroc")
     top1 = figures.pivot(on="method", index="concept", values="top1")
-    return auroc.join(top1, on="concept", suffix=" top-1").rename({m: f"{m} AUROC" for m in METHODS})
+    return auroc.join(top1, on="concept", suffix=" top-1").rename({m: f"{m} AUROC" for m in METHODS}, strict=False)
 
 
 def report(model, tok, corpus: sh.Corpus, layers: list[int], label: str) -> None:
@@ -96,6 +101,10 @@ def report(model, tok, corpus: sh.Corpus, layers: list[int], label: str) -> None
         f"{n_seeds} seeded 30% splits and the layers.\n"
     )
     print(markdown(summary(figures, k)))
+    if FAILURES:
+        print("\nFailed fits (left out of the averages above):\n")
+        print("\n".join(f"- {line}" for line in FAILURES))
+        FAILURES.clear()
     print("\nPer concept (AUROC, then top-1):\n")
     print(markdown(wide(figures).sort("concept")))
     ro = sh.Readout.fit(CorpusActivations(acts.texts, "mean", acts.pooled), corpus, "mean_diff", sh.fingerprint(model))

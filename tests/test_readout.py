@@ -117,6 +117,7 @@ def test_quality_report_table_json_and_triage(corpus, toy_acts, tmp_path, capsys
     for column in ("pc1_ratio", "align_mean", "ridge_r2", "heldout_auroc", "heldout_top1", "mlp_cos"):
         assert table[column].is_between(-1, 1).all(), column
     assert (table["heldout_auroc"] >= 0.95).all() and (table["pc1_ratio"] > 0.7).all()
+    assert (table["pc1_null"] < table["pc1_ratio"] - 0.3).all(), "mood texts share a direction, random ones less"
     row = table.filter((table["concept"] == "joy") & (table["layer"] == 2)).to_dicts()[0]
     assert len(row["outliers"]) == 2 and row["outliers"][0].split(" ", 1)[1].startswith(("stories/", "paired/"))
     assert len(row["nearest"]) == 3 and not any(n.startswith("joy ") for n in row["nearest"])

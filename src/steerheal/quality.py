@@ -5,6 +5,9 @@ Per concept and readout layer, from one capture pass over the corpus:
 - `pc1_ratio`: the share of the positives' energy on their first principal axis, taken on the positives'
   offsets from the contrast mean (uncentred: the shared offset *is* the concept, so it must not be
   centred away). Above 0.7 the positives move one way (clean); below 0.4 they scatter (fragmented).
+  `pc1_null` is the same figure for as many texts drawn from the concept's negatives (median of 8 seeded
+  draws): what texts that share nothing but the corpus give, since few texts in many dimensions always
+  show some first-axis share.
 - `align_mean`, `align_min`, `outliers`: the cosine of each positive's offset with the concept's row; the
   two least aligned texts, by file and place, are the first to reread.
 - `nearest`: the three other concepts with the highest cosine between rows.
@@ -26,6 +29,7 @@ several apply; otherwise `clean` (pc1_ratio >= 0.7) or `mixed`.
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,6 +56,7 @@ RIDGE_ALPHA = 0.01
 N_NEAREST = 3
 N_OUTLIERS = 2
 N_RANDOM_DIRECTIONS = 16
+N_NULL_DRAWS = 8
 
 
 def auroc(pos: Float[Tensor, " n_pos"], neg: Float[Tensor, " n_neg"]) -> float:
@@ -108,12 +113,13 @@ class QualityReport:
             f"layers {s['layers']}; held-out {s['n_heldout']} of {s['n_texts']} texts (seed {s['seed']})",
             f"chance: AUROC 0.5, top-1 {s['top1_chance']:.3f}, ridge R² {s['ridge_r2_chance']:.3f}, "
             f"MLP |cos| {s['mlp_cos_chance']:.3f}",
-            f"{'concept':<16} {'layer':>5}  {'verdict':<22} {'pc1':>5} {'align':>6} {'auroc':>6} {'top1':>5} "
-            f"{'R²':>5} {'mlp':>5}  nearest",
+            f"{'concept':<16} {'layer':>5}  {'verdict':<22} {'pc1':>5} {'null':>5} {'align':>6} {'auroc':>6} "
+            f"{'top1':>5} {'R²':>5} {'mlp':>5}  nearest",
         ]
         for row in self.table.iter_rows(named=True):
             lines.append(
                 f"{row['concept']:<16} {row['layer']:>5}  {row['verdict']:<22} {row['pc1_ratio']:>5.2f} "
+                f"{row['pc1_null']:>5.2f} "
                 f"{row['align_mean']:>6.2f} {row['heldout_auroc']:>6.3f} {row['heldout_top1']:>5.2f} "
                 f"{row['ridge_r2']:>5.2f} {row['mlp_cos']:>5.2f}  {', '.join(row['nearest'][:2])}"
             )
@@ -223,6 +229,8 @@ def quality(
             r2, weights = _ridge(v[j], v[others])
             top = weights.abs().argsort(descending=True)[:N_NEAREST]
             pc1 = _pc1_ratio(offsets)
+            draws = [torch.randperm(len(neg), generator=generator)[: len(pos)] for _ in range(N_NULL_DRAWS)]
+            pc1_null = statistics.median(_pc1_ratio(neg[d] - neg.mean(0)) for d in draws)
             auc, top1 = held[layer][concept]
             best = float(mlp_cos[j].max())
             row: dict[str, Any] = {
@@ -231,6 +239,7 @@ def quality(
                 "verdict": _verdict(pc1, r2, best, auc),
                 "n_pos": len(pos),
                 "pc1_ratio": pc1,
+                "pc1_null": pc1_null,
                 "align_mean": float(align.mean()),
                 "align_min": float(align.min()),
                 "outliers": [f"{float(align[i]):.2f} {_source(corpus, int(positive_rows[i]))}" for i in worst],

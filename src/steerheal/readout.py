@@ -257,10 +257,11 @@ class Readout:
                         k,
                     )
                     specs.append(spectrum)
-                elif method == "pca":
-                    unit, _ = direction(method, *_round_robin(pos, neg))
                 else:
-                    unit, _ = direction(method, pos, neg)
+                    try:
+                        unit, _ = direction(method, *(_round_robin(pos, neg) if method == "pca" else (pos, neg)))
+                    except SteerhealError as err:
+                        raise SteerhealError(f"concept {corpus.concepts[j]!r} at layer {layer}: {err}") from err
                 separation = float(pos.mean(0) @ unit - neg.mean(0) @ unit)  # over the sets, not the pairs
                 if separation < 0:
                     unit, separation = -unit, -separation
