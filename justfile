@@ -55,3 +55,11 @@ toyworld-train *ARGS:
 # measure what the shipped toyworld model shows and write docs/toyworld.md
 toyworld-report *ARGS:
     python bench/toyworld_report.py "$@"
+
+# Readout over K=8 and 24 concepts vs K steering-vectors extractions, and the monitor's overhead (docs/benchmarks.md)
+bench-readout *ARGS:
+    python bench/readout.py "$@"
+
+# readouts of corpus/emotions on all-MiniLM-L6-v2 and of toyworld's moods, per method (docs/readouts.md)
+readout-report *ARGS:
+    python bench/readout_report.py "$@"

@@ -177,7 +177,7 @@ def test_import_is_lazy_about_heavy_libraries():
     import subprocess
     import sys
 
-    heavy = ("peft", "bitsandbytes", "steering_vectors", "sklearn")
+    heavy = ("peft", "bitsandbytes", "steering_vectors", "sklearn", "sentence_transformers")
     code = f"import sys, steerheal; print(sorted(m for m in {heavy!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr[-2000:]
@@ -232,3 +232,31 @@ def test_broadcast_mask_attention_equals_transformers_sdpa(arch):
         theirs = model(**kwargs).logits
     mask = batch.attention_mask.bool()
     torch.testing.assert_close(ours[mask], theirs[mask], rtol=1e-5, atol=1e-5)
+
+
+def test_mlp_write_directions_every_arch_and_4bit(tmp_path):
+    """One row per MLP neuron: what it writes into the residual stream (the quality report's neuron check)."""
+    from steerheal.model import MLP_OUT_PATHS, mlp_write_directions
+
+    for arch in sh.TINY_ARCHS:
+        model, _ = tiny(arch)
+        assert model.config.model_type in MLP_OUT_PATHS
+        rows = mlp_write_directions(model, 2)
+        block = sh.decoder_layers(model)[2]
+        if arch == "gpt2":  # Conv1D stores [neurons, hidden]
+            torch.testing.assert_close(rows, block.mlp.c_proj.weight, rtol=0, atol=0)
+        else:
+            out = block.mlp.dense_4h_to_h if arch == "gpt_neox" else block.mlp.down_proj
+            torch.testing.assert_close(rows, out.weight.T, rtol=0, atol=0)
+        assert rows.shape[1] == 64 and rows.dtype == torch.float32
+    model, tok = tiny("qwen3")
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    quantised, _ = sh.load_model(tmp_path, quant="4bit")
+    four = mlp_write_directions(quantised, 1)
+    full = mlp_write_directions(model, 1)
+    # nf4 keeps each row's direction to within a few percent (measured min cosine 0.994)
+    assert torch.nn.functional.cosine_similarity(four, full, dim=1).min() > 0.97
+    eight = mlp_write_directions(sh.load_model(tmp_path, quant="8bit")[0], 1)
+    # int8 with one scale per output row: measured min cosine 1.0000
+    assert torch.nn.functional.cosine_similarity(eight, full, dim=1).min() > 0.999

@@ -26,9 +26,12 @@ def _shape_checked() -> AbstractContextManager[object]:
 
 
 with _shape_checked():
+    from steerheal import monitor as _monitor  # noqa: F401 (imported to be shape-checked)
+    from steerheal import quality as _quality  # noqa: F401 (imported to be shape-checked)
     from steerheal import toyworld
     from steerheal.adapter import GatedLoRA
     from steerheal.capture import capture, capture_tokens
+    from steerheal.corpus import Corpus, Persona, load_personas
     from steerheal.errors import SteerhealError
     from steerheal.files import steerheal_version
     from steerheal.filters import FilterConfig
@@ -37,6 +40,7 @@ with _shape_checked():
     from steerheal.model import Fingerprint, decoder_layers, fingerprint, load_model
     from steerheal.pairs import PreferencePair, SamplingConfig, dose_walk, make_pairs, read_pairs, write_pairs
     from steerheal.persona import persona_contrast
+    from steerheal.readout import Readout
     from steerheal.tiny import TINY_ARCHS, tiny_model
     from steerheal.toyworld import report as _toyworld_report  # noqa: F401 (imported to be shape-checked)
     from steerheal.vector import Vector
@@ -45,12 +49,15 @@ __version__ = steerheal_version()
 
 __all__ = [
     "TINY_ARCHS",
+    "Corpus",
     "FilterConfig",
     "Fingerprint",
     "GatedLoRA",
     "HealConfig",
     "HealResult",
+    "Persona",
     "PreferencePair",
+    "Readout",
     "SamplingConfig",
     "SteerhealError",
     "Vector",
@@ -62,6 +69,7 @@ __all__ = [
     "fingerprint",
     "heal",
     "load_model",
+    "load_personas",
     "make_pairs",
     "persona_contrast",
     "read_pairs",

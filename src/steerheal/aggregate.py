@@ -22,6 +22,16 @@ direction; for `mean_diff` it equals the norm of the mean difference).
   then the L2 fit above on those coordinates alone gives the weights. Plain L1 weights are shrunk
   unequally and lose about a tenth of the cosine to a sparse planted direction; the refit removes that.
 Both need 3 texts per side for the folds.
+- `subspace` (readouts only: it reads every token of a text, `position="all"`): each text's token
+  activations `[n_tokens, hidden]` give an uncentred SVD basis of their top `SUBSPACE_RANK` right singular
+  vectors, i.e. a projector `P_t` onto the subspace the text occupies (uncentred, for the reason `pca` is:
+  the concept is a shift that centring would remove). `D = mean_pos P_t − mean_contrast P_t` is symmetric
+  with eigenvalues in [−1, 1]: how much more a direction lies in the positives' subspaces than in the
+  contrast set's. The direction is the sum of the top `SUBSPACE_K` eigenvectors weighted by their
+  eigenvalues (negative weights clamped to 0), each eigenvector signed to agree with mean(pos) − mean(neg)
+  (an eigenvector has no sign of its own); the top `SPECTRUM_SIZE` eigenvalues are kept for the quality
+  report. D lives in the span of the texts' bases, so it is diagonalised there (QR of the stacked bases),
+  never as a hidden × hidden matrix when the bases span less.
 """
 
 from __future__ import annotations
@@ -34,6 +44,10 @@ from steerheal.errors import SteerhealError
 
 METHODS: tuple[str, ...] = ("mean_diff", "pca", "logistic", "logistic_l1")
 PAIRED_METHODS = frozenset({"pca"})
+TOKEN_METHODS: tuple[str, ...] = ("subspace",)  # read every token of a text; Readout only
+SUBSPACE_RANK = 4  # right singular vectors kept per text
+SUBSPACE_K = 4  # eigenvectors of D combined into the direction
+SPECTRUM_SIZE = 8  # eigenvalues of D kept for the report
 
 
 def check_method(method: str, n_pos: int, n_neg: int) -> None:
@@ -122,3 +136,58 @@ def direction(
     if separation < 0:
         unit, separation = -unit, -separation
     return unit, separation
+
+
+def text_basis(tokens: Float[Tensor, "tokens hidden"], rank: int = SUBSPACE_RANK) -> Float[Tensor, "hidden r"]:
+    """Orthonormal columns spanning a text's top `rank` uncentred singular directions (float32; SVD in
+    float32 because half-precision SVD is unsupported). Numerically null directions are dropped."""
+    _, s, vh = torch.linalg.svd(tokens.float(), full_matrices=False)
+    keep = int(min(rank, int((s > s[0] * 1e-6).sum()))) if len(s) and s[0] > 0 else 0
+    if keep == 0:
+        raise SteerhealError("a text's token activations are all zero; the subspace method cannot read it")
+    return vh[:keep].T.contiguous()
+
+
+def subspace(
+    pos_bases: list[Float[Tensor, "hidden _"]],
+    neg_bases: list[Float[Tensor, "hidden _"]],
+    pos: Float[Tensor, "n_pos hidden"],
+    neg: Float[Tensor, "n_neg hidden"],
+    k: int = SUBSPACE_K,
+) -> tuple[Float[Tensor, " hidden"], float, Float[Tensor, " spectrum"]]:
+    """(unit direction, separation >= 0, top eigenvalues of D) from per-text bases and pooled means.
+
+    `pos` and `neg` are the texts' mean activations: they orient the eigenvectors and measure the
+    separation, as for every other method.
+    """
+    if not pos_bases or not neg_bases:
+        raise SteerhealError("subspace needs at least one positive and one contrast text")
+    if k < 1:
+        raise SteerhealError(f"subspace: k={k} must be at least 1")
+    a, b = torch.cat(pos_bases, dim=1), torch.cat(neg_bases, dim=1)
+    stacked = torch.cat([a, b], dim=1)
+    hidden = stacked.shape[0]
+    if stacked.shape[1] >= hidden:  # the bases span (nearly) everything: work in the hidden space itself
+        q = torch.eye(hidden)
+    else:
+        q, _ = torch.linalg.qr(stacked)
+    ca, cb = q.T @ a, q.T @ b
+    d = ca @ ca.T / len(pos_bases) - cb @ cb.T / len(neg_bases)
+    values, vectors = torch.linalg.eigh((d + d.T) / 2)  # ascending
+    values, vectors = values.flip(0), (q @ vectors).flip(1)
+    spectrum = torch.zeros(SPECTRUM_SIZE)
+    spectrum[: min(SPECTRUM_SIZE, len(values))] = values[:SPECTRUM_SIZE]  # D is 0 outside the bases' span
+    weights = values[:k].clamp(min=0)
+    if not (weights > 0).any():
+        raise SteerhealError(
+            "subspace found no direction: no eigenvalue of D is positive, so no direction lies more in the "
+            "positives' subspaces than in the contrast set's (are the positive and contrast texts alike?)"
+        )
+    shift = pos.float().mean(0) - neg.float().mean(0)
+    signs = torch.where(shift @ vectors[:, :k] < 0, -1.0, 1.0)
+    raw = vectors[:, :k] @ (weights * signs)
+    unit = raw / raw.norm()
+    separation = float(shift @ unit)
+    if separation < 0:
+        unit, separation = -unit, -separation
+    return unit, separation, spectrum

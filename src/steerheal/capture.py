@@ -14,7 +14,7 @@ forward raises.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any, no_type_check
 
@@ -170,6 +170,35 @@ def capture(
 
 
 @torch.no_grad()
+def capture_each(
+    model: nn.Module,
+    tok: PreTrainedTokenizerBase,
+    texts: Sequence[Text],
+    layers: Sequence[int],
+    reduce: Callable[[Tensor], Any],
+    batch_size: int = 8,
+    progress: bool | None = None,
+    what: str = "texts",
+) -> dict[int, list[Any]]:
+    """`reduce(tokens)` of each text's content-token activations `[n_tokens, hidden]`, per layer.
+
+    The reduction runs batch by batch, so a corpus never holds every token activation at once (a per-text
+    SVD basis is a few columns; the tokens of 300 stories at hidden 4096 are gigabytes).
+    """
+    layers = check_layers(model, layers)
+    unique, inverse = _unique(texts, what)
+    out: dict[int, list[Any]] = {layer: [None] * len(unique) for layer in layers}
+    for rows, batch, store in _forward_batches(model, tok, unique, layers, batch_size, progress, what):
+        for layer in layers:
+            hidden = _statistics_dtype(store[layer])
+            for k, row in enumerate(rows):
+                tokens = hidden[k][batch.content_mask[k]]
+                if len(tokens) == 0:
+                    raise SteerhealError(f"a text in {what} has no content tokens: {unique[row]!r}")
+                out[layer][row] = reduce(tokens)
+    return {layer: [acts[i] for i in inverse] for layer, acts in out.items()}
+
+
 def capture_tokens(
     model: nn.Module,
     tok: PreTrainedTokenizerBase,
@@ -180,15 +209,7 @@ def capture_tokens(
     what: str = "texts",
 ) -> dict[int, list[Float[Tensor, "tokens hidden"]]]:
     """`position="all"`: every content token's activation, one `[n_tokens, hidden]` tensor per text."""
-    layers = check_layers(model, layers)
-    unique, inverse = _unique(texts, what)
-    out: dict[int, list[Tensor | None]] = {layer: [None] * len(unique) for layer in layers}
-    for rows, batch, store in _forward_batches(model, tok, unique, layers, batch_size, progress, what):
-        for layer in layers:
-            hidden = _statistics_dtype(store[layer])
-            for k, row in enumerate(rows):
-                out[layer][row] = hidden[k][batch.content_mask[k]]
-    return {layer: [acts[i] for i in inverse] for layer, acts in out.items()}  # type: ignore[misc]
+    return capture_each(model, tok, texts, layers, lambda tokens: tokens, batch_size, progress, what)
 
 
 def residual_norm(
@@ -200,6 +221,6 @@ def residual_norm(
 ) -> float:
     """The mean per-token norm of the residual stream over content tokens at `layers`: the unit that
     relative steering strengths are expressed in (activation norms differ 50x between architectures)."""
-    tokens = capture_tokens(model, tok, texts, layers, batch_size, what="texts")
-    per_layer = [torch.cat(acts).norm(dim=-1).mean() for acts in tokens.values()]
-    return float(torch.stack(per_layer).mean())
+    sums = capture_each(model, tok, texts, layers, lambda t: (float(t.norm(dim=-1).sum()), len(t)), batch_size)
+    per_layer = [sum(s for s, _ in rows) / sum(n for _, n in rows) for rows in sums.values()]
+    return sum(per_layer) / len(per_layer)

