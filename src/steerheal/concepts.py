@@ -11,8 +11,10 @@ An off-target contrast (another mood; another persona) gives the control that sh
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
+from pathlib import Path
+from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
@@ -43,6 +45,7 @@ class Concept:
     eval_prompts: list[str]
     train_prompts: Callable[[int], list[str]]  # round -> the prompts of that round's pairs
     judge: Callable[[list[str]], dict[str, float]] | None  # exact metrics of completions, where truth is known
+    corpus: Any = None  # a Corpus to check readout survival on, or None
 
 
 def _templated(tok: PreTrainedTokenizerBase, users: list[str]) -> list[str]:
@@ -124,8 +127,27 @@ def _persona_concept(
     )
 
 
-def build_concept(config: RunConfig, tok: PreTrainedTokenizerBase) -> Concept:
-    """The run's concept; files are read and checked before any model work."""
+def build_concept(config: RunConfig, tok: PreTrainedTokenizerBase, workdir: Path | None = None) -> Concept:
+    """The run's concept, with the corpus its readouts are checked on (toyworld's own mood corpus, written
+    into `workdir`, or `verify.corpus`)."""
+    concept = _concept(config, tok)
+    if not config.verify.readout:
+        return concept
+    from steerheal.corpus import Corpus
+
+    if config.verify.corpus is not None:
+        return replace(concept, corpus=Corpus.load(config.verify.corpus))
+    if config.concept.source == "toyworld" and workdir is not None:
+        from steerheal.toyworld import world
+
+        folder = workdir / "corpus"
+        if not folder.is_dir():
+            world.write_corpus(folder, seed=config.seed)
+        return replace(concept, corpus=Corpus.load(folder))
+    return concept
+
+
+def _concept(config: RunConfig, tok: PreTrainedTokenizerBase) -> Concept:
     c = config.concept
     if c.source == "toyworld":
         return _toyworld(config, tok)

@@ -72,6 +72,14 @@ def table(run: RunDir) -> pl.DataFrame:
                     "grammar steered": truth["steered"]["grammar_ok"],
                 }
             )
+        if "readout" in m:
+            row.update(
+                {
+                    "readout cos": m["readout"]["cos_mean"],
+                    "readout AUROC base": m["readout"]["auroc_base_mean"],
+                    "readout AUROC student": m["readout"]["auroc_student_mean"],
+                }
+            )
         row["stop"] = event.get("stop") or ""
         rows.append(row)
     return pl.DataFrame(rows)

@@ -15,6 +15,8 @@ dose ("steered"). The student is the model with every folded round on and no ste
 - Coherence: p95 of per-token KL(student ‖ base) on the base's greedy continuations of the held-out
   prompts; distinct-2, word 3-gram repetition and the share of looping generations; perplexity of the
   student's generations under the base; on toyworld grammar_ok.
+- Readout survival (when the concept has a corpus): a mean_diff Readout re-trained on the student, per
+  concept its cosine with the base readout (mean over layers) and the held-out AUROC before and after.
 """
 
 from __future__ import annotations
@@ -160,6 +162,54 @@ def retain(student: float, base: float, steered: float, floor: float) -> float |
 
 
 @dataclass
+class BaseReadout:
+    acts: Any  # readout.CorpusActivations of the base
+    readout: Any  # readout.Readout fitted on the base
+    auroc: dict[str, float]
+
+
+def _heldout_auroc(readout: Any, acts: Any, corpus: Any, seed: int) -> dict[str, float]:
+    from steerheal.quality import heldout_scores
+
+    scores = heldout_scores(readout, acts, corpus, 0.3, seed)
+    return {c: sum(scores[layer][c][0] for layer in scores) / len(scores) for c in readout.concepts}
+
+
+def base_readout(
+    model: nn.Module, adapter: GatedLoRA, tok: PreTrainedTokenizerBase, corpus: Any, layers: list[int], seed: int
+) -> BaseReadout:
+    from steerheal.readout import Readout, read_corpus
+
+    with adapter.reference("base"):
+        acts = read_corpus(model, tok, corpus, layers, "mean")
+    readout = Readout.fit(acts, corpus, "mean_diff")
+    return BaseReadout(acts, readout, _heldout_auroc(readout, acts, corpus, seed))
+
+
+def readout_survival(
+    model: nn.Module, tok: PreTrainedTokenizerBase, corpus: Any, base: BaseReadout, seed: int
+) -> dict[str, Any]:
+    from steerheal.readout import Readout, read_corpus
+
+    acts = read_corpus(model, tok, corpus, base.readout.layers, "mean")
+    student = Readout.fit(acts, corpus, "mean_diff")
+    layers = base.readout.layers
+    cos = {
+        c: sum(float(base.readout.vectors[k][j] @ student.vectors[k][j]) for k in layers) / len(layers)
+        for j, c in enumerate(student.concepts)
+    }
+    auroc = _heldout_auroc(student, acts, corpus, seed)
+    return {
+        "cos": cos,
+        "cos_mean": sum(cos.values()) / len(cos),
+        "auroc_base": base.auroc,
+        "auroc_student": auroc,
+        "auroc_base_mean": sum(base.auroc.values()) / len(base.auroc),
+        "auroc_student_mean": sum(auroc.values()) / len(auroc),
+    }
+
+
+@dataclass
 class Reference:
     """What every round is compared with, set once at round 0 on the base model."""
 
@@ -170,6 +220,7 @@ class Reference:
     steered: Generations
     scores: dict[str, float]  # trait / off-target scores and judged metrics of base and steered
     judged: dict[str, dict[str, float]]
+    readout: BaseReadout | None = None
 
 
 def build_reference(
@@ -208,7 +259,10 @@ def build_reference(
     if concept.judge is not None:
         judged = {"base": concept.judge(base.texts), "steered": concept.judge(steered.texts)}
     ceiling = noise_ceiling(model, adapter, tok, concept.teacher, teacher)
-    return Reference(teacher, off, ceiling, base, steered, scores, judged)
+    readout = None
+    if concept.corpus is not None:
+        readout = base_readout(model, adapter, tok, concept.corpus, teacher.layers, seed)
+    return Reference(teacher, off, ceiling, base, steered, scores, judged, readout)
 
 
 def verify_round(
@@ -257,6 +311,8 @@ def verify_round(
         "coherence_base": text_metrics(reference.base),
         "coherence_steered": text_metrics(reference.steered),
     }
+    if reference.readout is not None:
+        metrics["readout"] = readout_survival(model, tok, concept.corpus, reference.readout, seed)
     if concept.judge is not None:
         judged = concept.judge(student.texts)
         base, steered = reference.judged["base"], reference.judged["steered"]
