@@ -161,11 +161,12 @@ class Loop:
             model, tok, teacher.pos, teacher.neg, c.concept.layers, c.concept.method, teacher.position
         )
         d = c.dose
+        target = d.target_kl * d.round_decay**k
         vector.calibrate(
             model,
             tok,
             concept.calibration_prompts,
-            d.target_kl,
+            target,
             d.stat,
             d.n_tokens,
             d.tol,
@@ -209,9 +210,18 @@ class Loop:
             self._reference(teacher0)
         elif self.reference is None:
             self._reference(self._teacher0())
-        lam = lam_schedule(c.heal.lam, k, c.lam_power)
-        heal_config = dataclasses.replace(c.heal, lam=lam, seed=seed)
-        self.run.log({"event": "heal_start", "round": k, "lam": lam, "kl_ref": heal_config.kl_ref})
+        lam, tau = lam_schedule(c.heal.lam, k, c.lam_power), lam_schedule(c.heal.tau, k, c.tau_power)
+        heal_config = dataclasses.replace(c.heal, lam=lam, tau=tau, seed=seed)
+        self.run.log(
+            {
+                "event": "heal_start",
+                "round": k,
+                "lam": lam,
+                "tau": tau,
+                "kl_ref": heal_config.kl_ref,
+                "target_kl": target,
+            }
+        )
         result = heal(model, adapter, pairs, heal_config, events=lambda e: self.run.log(e))
         adapter.fold()
         metrics, samples = verify_round(
@@ -295,7 +305,7 @@ def run(config: RunConfig, overwrite: bool = False, resume: bool = False) -> Run
         logger.info(f"run {root} already finished ({reason}); nothing to resume")
         return RunResult(root, done, reason, [])
     model, tok = open_model(config.model, config.quant, config.device, config.seed)
-    concept = build_concept(config, tok)
+    concept = build_concept(config, tok, run_dir.root)
     if config.loose_filters:
         logger.warning(f"filters loosened for this run: {_filters(config).to_dict()}")
     run_dir.log(
@@ -337,7 +347,7 @@ def verify_saved(directory: str | Path, round: int = -1) -> dict[str, Any]:
     root = Path(directory)
     run_dir = open_existing(root)
     config = RunConfig.from_dict(json.loads((root / "config.json").read_text()))
-    concept = build_concept(config, tok)
+    concept = build_concept(config, tok, root)
     done = run_dir.complete_rounds()
     k = done[round]
     loop = Loop(config, run_dir, model, tok, adapter, concept)

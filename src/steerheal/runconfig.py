@@ -49,7 +49,11 @@ class DoseConfig:
     """iso-KL calibration and the dose walk, re-done every round on the current student."""
 
     target_kl: float = 1.0
-    """p95 of per-token KL(steered ‖ unsteered) in nats at the calibrated dose c*."""
+    """p95 of per-token KL(steered ‖ unsteered) in nats at the calibrated dose c* (round 0)."""
+    round_decay: float = 1.0
+    """Round k calibrates to target_kl * round_decay ** k: later rounds steer a student that already carries
+    the trait, and the same target would push its data ever further (a cumulative budget: earlier projects
+    spent about 1.7 nats over all rounds)."""
     stat: str = "p95"
     n_tokens: int = 20
     tol: float = 0.05
@@ -96,8 +100,11 @@ class VerifyConfig:
     """retain = Δtrait(student) / Δtrait(steered) is undefined (None) when |Δtrait(steered)| is below this."""
     n_samples: int = 4
     """Base / steered / student texts saved per round (samples.jsonl)."""
+    readout: bool = True
+    """Re-train a Readout on the student every round: on toyworld over its mood corpus (written into the run
+    directory), elsewhere over `corpus` when it is set."""
     corpus: Path | None = None
-    """A concept corpus folder: when set, a Readout is re-trained on the student every round."""
+    """A concept corpus folder for the readout check (corpus/ layout)."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,9 @@ class RunConfig:
     """Prompts sampled into preference pairs per round."""
     lam_power: float = 0.0
     """The barrier's lam in round k is heal.lam * (k + 1) ** lam_power."""
+    tau_power: float = 0.0
+    """The barrier's tau in round k is heal.tau * (k + 1) ** tau_power (with kl_ref=base, a growing tau admits
+    the trait earlier rounds baked in)."""
     loose_filters: bool = False
     """Check only emptiness (random tiny models fail every coherence filter); logged."""
     concept: ConceptConfig = field(default_factory=ConceptConfig)
@@ -200,6 +210,6 @@ def preset(name: str) -> RunConfig:
             adapter=AdapterConfig(r=32, alpha=64.0),
             heal=HealConfig(lr=1e-4, epochs=3, batch_size=2, grad_accum=2),
             stop=StopConfig(min_grammar_ok=0.0),
-            verify=VerifyConfig(n_prompts=16, max_new_tokens=96),
+            verify=VerifyConfig(n_prompts=16, max_new_tokens=96, corpus=Path("corpus/emotions")),
         )
     raise SteerhealError(f"preset {name!r} is unknown; choose one of {list(PRESETS)}")
