@@ -232,6 +232,13 @@ def test_broadcast_mask_attention_equals_transformers_sdpa(arch):
         theirs = model(**kwargs).logits
     mask = batch.attention_mask.bool()
     torch.testing.assert_close(ours[mask], theirs[mask], rtol=1e-5, atol=1e-5)
+    model.set_attn_implementation("steerheal_sdpa")
+    with torch.no_grad():  # no attention mask, position ids given: transformers' packed-sequence path
+        single = batch.input_ids[1:]
+        ours = model(input_ids=single, position_ids=torch.arange(single.shape[1])[None]).logits
+        model.set_attn_implementation("sdpa")
+        theirs = model(input_ids=single, position_ids=torch.arange(single.shape[1])[None]).logits
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
 def test_mlp_write_directions_every_arch_and_4bit(tmp_path):
