@@ -24,24 +24,11 @@ import torch
 import steerheal as sh
 from steerheal.quality import heldout_scores, quality
 from steerheal.readout import READOUT_METHODS, CorpusActivations, read_corpus
+from steerheal.report import markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = READOUT_METHODS  # mean_diff, pca, logistic, logistic_l1, subspace
 FAILURES: list[str] = []
-
-
-def markdown(df: pl.DataFrame) -> str:
-    with pl.Config(
-        tbl_formatting="MARKDOWN",
-        tbl_hide_column_data_types=True,
-        tbl_hide_dataframe_shape=True,
-        tbl_rows=-1,
-        tbl_cols=-1,
-        float_precision=3,
-        fmt_str_lengths=80,
-        tbl_width_chars=400,
-    ):
-        return str(df)
 
 
 def seeds() -> list[int]:

@@ -12,6 +12,7 @@ import polars as pl
 import torch
 
 import steerheal as sh
+from steerheal.report import markdown
 from steerheal.toyworld import checkpoint_dir
 from steerheal.toyworld import report as R
 
@@ -20,20 +21,6 @@ N_PERSONA = 200
 N_SWEEP = 64
 MULTIPLES = (0.0, 0.1, 0.2, 0.35, 0.5, 1.0, 2.0)
 COHERENT = 0.9  # grammar_ok a steered setting must keep to count as coherent
-
-
-def markdown(df: pl.DataFrame) -> str:
-    with pl.Config(
-        tbl_formatting="MARKDOWN",
-        tbl_hide_column_data_types=True,
-        tbl_hide_dataframe_shape=True,
-        tbl_rows=-1,
-        tbl_cols=-1,
-        float_precision=3,
-        fmt_str_lengths=60,
-        tbl_width_chars=400,
-    ):
-        return str(df)
 
 
 def seed_arg() -> int:

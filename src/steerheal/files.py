@@ -65,6 +65,34 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     return obj
 
 
+def read_tensor_folder(
+    directory: Path, meta_file: str, tensor_file: str, format_version: int, what: str, saver: str
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a folder that `saver` wrote: a JSON and a safetensors file. A missing folder or
+    file, invalid JSON, an unknown format_version and a corrupted or truncated safetensors file are errors
+    naming the file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not directory.is_dir():
+        raise SteerhealError(f"{what}: no such folder (expected {meta_file} and {tensor_file} from {saver})")
+    meta = read_json(directory / meta_file, what)
+    version = meta.get("format_version")
+    if version != format_version:
+        raise SteerhealError(
+            f"{what}: format_version {version!r} is not one this steerheal reads ({format_version}); "
+            "re-save it with a matching steerheal version"
+        )
+    tensor_path = directory / tensor_file
+    if not tensor_path.is_file():
+        raise SteerhealError(f"{what}: {tensor_file} is missing (it was not saved completely)")
+    try:
+        tensors = load_file(tensor_path)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise SteerhealError(f"{what}: {tensor_file} is corrupted or truncated ({err}); re-save it") from err
+    return meta, tensors
+
+
 def check_finite(values: dict[str, torch.Tensor] | dict[str, float], what: str) -> None:
     """Refuse NaN or inf, naming the first offending entry."""
     for key, value in values.items():

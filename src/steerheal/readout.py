@@ -33,7 +33,7 @@ from steerheal.aggregate import METHODS, SUBSPACE_K, SUBSPACE_RANK, TOKEN_METHOD
 from steerheal.capture import capture, capture_each, check_layers, check_position
 from steerheal.corpus import NAME, Corpus
 from steerheal.errors import SteerhealError
-from steerheal.files import atomic_save_safetensors, atomic_write_json, check_finite, provenance, read_json
+from steerheal.files import atomic_save_safetensors, atomic_write_json, check_finite, provenance, read_tensor_folder
 from steerheal.model import Fingerprint, fingerprint, hidden_size
 from steerheal.texts import Text
 from steerheal.vector import Vector, default_layers
@@ -373,19 +373,9 @@ class Readout:
     @classmethod
     def load(cls, directory: str | Path, model: nn.Module | None = None) -> Readout:
         """Read a saved readout, checking the two files against each other and, given one, the model."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         directory = Path(directory)
         what = f"readout at {directory}"
-        if not directory.is_dir():
-            raise SteerhealError(f"{what}: no such folder (expected {META_FILE} and {TENSOR_FILE} from Readout.save)")
-        meta = read_json(directory / META_FILE, what)
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise SteerhealError(
-                f"{what}: format_version {meta.get('format_version')!r} is not one this steerheal reads "
-                f"({FORMAT_VERSION}); re-save it with a matching steerheal version"
-            )
+        meta, tensors = read_tensor_folder(directory, META_FILE, TENSOR_FILE, FORMAT_VERSION, what, "Readout.save")
         required = ("concepts", "layers", "hidden_size", "dtype", "method", "position")
         missing = [key for key in required if key not in meta]
         if missing:
@@ -396,13 +386,6 @@ class Readout:
         if not isinstance(meta["concepts"], list) or not isinstance(meta["layers"], list):
             raise SteerhealError(f"{what}: concepts and layers in {META_FILE} must be lists")
         concepts, layers = list(meta["concepts"]), [int(x) for x in meta["layers"]]
-        tensor_path = directory / TENSOR_FILE
-        if not tensor_path.is_file():
-            raise SteerhealError(f"{what}: {TENSOR_FILE} is missing (the readout was not saved completely)")
-        try:
-            tensors = load_file(tensor_path)
-        except (SafetensorError, OSError, ValueError) as err:
-            raise SteerhealError(f"{what}: {TENSOR_FILE} is corrupted or truncated ({err}); re-save it") from err
         parts = ["vectors", "norms", *(["spectrum"] if meta.get("spectrum") else [])]
         expected = {f"layer_{layer}.{part}" for layer in layers for part in parts}
         if set(tensors) != expected:

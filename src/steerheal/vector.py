@@ -23,7 +23,7 @@ from transformers import PreTrainedTokenizerBase
 from steerheal.aggregate import check_method, direction
 from steerheal.capture import capture, check_layers, check_position
 from steerheal.errors import SteerhealError
-from steerheal.files import atomic_save_safetensors, atomic_write_json, check_finite, provenance, read_json
+from steerheal.files import atomic_save_safetensors, atomic_write_json, check_finite, provenance, read_tensor_folder
 from steerheal.model import Fingerprint, fingerprint, hidden_size, n_layers
 from steerheal.steering import add_to_residual
 from steerheal.texts import Text
@@ -226,29 +226,9 @@ class Vector:
     @classmethod
     def load(cls, directory: str | Path, model: nn.Module | None = None) -> Vector:
         """Read a saved vector; with a model, check it fits (hidden size, layer range, identity warned)."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         directory = Path(directory)
         what = f"vector at {directory}"
-        if not directory.is_dir():
-            raise SteerhealError(f"{what}: no such folder (expected {META_FILE} and {TENSOR_FILE} from Vector.save)")
-        meta = read_json(directory / META_FILE, what)
-        version = meta.get("format_version")
-        if version != FORMAT_VERSION:
-            raise SteerhealError(
-                f"{what}: format_version {version!r} is not one this steerheal reads ({FORMAT_VERSION}); "
-                "re-save it with a matching steerheal version"
-            )
-        tensor_path = directory / TENSOR_FILE
-        if not tensor_path.is_file():
-            raise SteerhealError(f"{what}: {TENSOR_FILE} is missing (the vector was not saved completely)")
-        try:
-            tensors = load_file(tensor_path)
-        except (SafetensorError, OSError, ValueError) as err:
-            raise SteerhealError(
-                f"{what}: {TENSOR_FILE} is corrupted or truncated ({err}); re-save the vector"
-            ) from err
+        meta, tensors = read_tensor_folder(directory, META_FILE, TENSOR_FILE, FORMAT_VERSION, what, "Vector.save")
         layers = [int(x) for x in meta.get("layers", [])]
         expected = {f"layer_{layer}" for layer in layers} | {"norms"}
         if set(tensors) != expected:
