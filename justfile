@@ -44,6 +44,10 @@ bench-adapter *ARGS:
 bench-heal:
     python bench/heal.py
 
+# the method on toyworld: 3 rounds x 3 seeds, and the ablation against plain SFT (docs/results.md; ~15 min)
+bench-toyworld:
+    python bench/toyworld_method.py
+
 # reachable KL(steered‖base) of tiny random models against their initializer range (docs/tiny-models.md)
 tiny-init-sweep:
     python bench/tiny_init.py

@@ -37,10 +37,12 @@ with _shape_checked():
     from steerheal.filters import FilterConfig
     from steerheal.generate import sample
     from steerheal.heal import HealConfig, HealResult, heal
+    from steerheal.loop import load_run, run
     from steerheal.model import Fingerprint, decoder_layers, fingerprint, load_model
     from steerheal.pairs import PreferencePair, SamplingConfig, dose_walk, make_pairs, read_pairs, write_pairs
     from steerheal.persona import persona_contrast
     from steerheal.readout import Readout
+    from steerheal.runconfig import RunConfig, preset
     from steerheal.tiny import TINY_ARCHS, tiny_model
     from steerheal.toyworld import report as _toyworld_report  # noqa: F401 (imported to be shape-checked)
     from steerheal.vector import Vector
@@ -58,6 +60,7 @@ __all__ = [
     "Persona",
     "PreferencePair",
     "Readout",
+    "RunConfig",
     "SamplingConfig",
     "SteerhealError",
     "Vector",
@@ -70,9 +73,12 @@ __all__ = [
     "heal",
     "load_model",
     "load_personas",
+    "load_run",
     "make_pairs",
     "persona_contrast",
+    "preset",
     "read_pairs",
+    "run",
     "sample",
     "tiny_model",
     "toyworld",

@@ -180,7 +180,13 @@ def _build(kind: Any, value: Any, where: str) -> Any:
 def preset(name: str) -> RunConfig:
     """The named preset (see the module docstring)."""
     if name == "toyworld":
-        return RunConfig()
+        # Measured on toyworld (docs/results.md): at 1 nat the steered stories are already 16% ungrammatical
+        # and the student learns that too; at 0.5 nat they stay grammatical (93%). tau 0.2 sits below the
+        # barrier's operating value (D ~ 0.25-0.4 there), so the barrier is active instead of dead code.
+        return RunConfig(
+            dose=DoseConfig(target_kl=0.5),
+            heal=HealConfig(lr=2e-3, epochs=3, tau=0.2, lam=1.0),
+        )
     if name == "fast-dev-run":
         return RunConfig(
             name="fast-dev-run",

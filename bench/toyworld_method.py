@@ -1,0 +1,147 @@
+"""`just bench-toyworld`: the method on toyworld, 3 rounds x 3 seeds, and its ablation; writes docs/results.md.
+
+Variants at the same budget (the toyworld preset's dose, data, adapter and optimiser; only the loss differs):
+- `sft`: plain SFT on the steered completions (pref none, no barrier: lam 0);
+- `orpo+barrier`: SFT + ORPO + the reverse-KL barrier (the preset);
+- `dpo+barrier`: SFT + DPO + the reverse-KL barrier.
+The stop rules are switched off so every run shows all rounds; the coherence floor is reported as a column.
+Mean and spread (min..max over seeds) per round. Every figure comes from the runs this command makes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import torch
+
+from steerheal.loop import run
+from steerheal.report import markdown
+from steerheal.runconfig import preset
+
+SEEDS = (0, 1, 2)
+ROUNDS = 3
+RUNS = Path("runs/bench-toyworld")
+
+
+def variants() -> dict[str, object]:
+    base = preset("toyworld")
+    return {
+        "sft": dataclasses.replace(base.heal, pref="none", lam=0.0),
+        "orpo+barrier": base.heal,
+        "dpo+barrier": dataclasses.replace(base.heal, pref="dpo"),
+    }
+
+
+def one(name: str, heal: object, seed: int) -> list[dict[str, object]]:
+    base = preset("toyworld")
+    config = dataclasses.replace(
+        base,
+        name=f"{name}-seed{seed}",
+        runs_dir=RUNS,
+        seed=seed,
+        heal=heal,
+        stop=dataclasses.replace(
+            base.stop, max_rounds=ROUNDS, min_grammar_ok=0.0, min_distinct_2=0.0, max_kl_tail=1e9, min_trait_gain=-1e9
+        ),
+    )
+    result = run(config, overwrite=True)
+    rows = []
+    for k, m in enumerate(result.metrics):
+        truth = m["truth"]
+        rows.append(
+            {
+                "variant": name,
+                "seed": seed,
+                "round": k,
+                "mood base": truth["base"]["mood_rate"],
+                "mood steered": truth["steered"]["mood_rate"],
+                "mood student": truth["student"]["mood_rate"],
+                "retain": m["retain"],
+                "retain (mood)": m["retain_mood"],
+                "grammar student": truth["student"]["grammar_ok"],
+                "grammar steered": truth["steered"]["grammar_ok"],
+                "off-target mood moved": truth["student"]["off_target_mood_rate"]
+                - truth["base"]["off_target_mood_rate"],
+                "cos(v, v0)": m["direction"]["cos_to_round0_mean"],
+                "noise ceiling": m["direction"]["noise_ceiling_mean"],
+                "internalisation cos": m["internalisation"]["cos_mean"],
+                "KL(student‖base) p95": m["coherence"]["kl_tail_p95"],
+                "readout cos": m["readout"]["cos_mean"],
+            }
+        )
+    return rows
+
+
+def summarise(df: pl.DataFrame) -> pl.DataFrame:
+    metrics = [c for c in df.columns if c not in ("variant", "seed", "round")]
+    out = []
+    for (variant, k), group in df.group_by(["variant", "round"], maintain_order=True):
+        row: dict[str, object] = {"variant": variant, "round": k}
+        for column in metrics:
+            values = [v for v in group[column].to_list() if v is not None]
+            if not values:
+                row[column] = "undefined"
+                continue
+            mean = statistics.fmean(values)
+            row[column] = f"{mean:.3f} ({min(values):.2f}..{max(values):.2f})"
+        out.append(row)
+    return pl.DataFrame(out)
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    start = time.perf_counter()
+    rows = []
+    for name, heal in variants().items():
+        for seed in SEEDS:
+            rows += one(name, heal, seed)
+            print(f"{name} seed {seed} done", file=sys.stderr, flush=True)
+    df = pl.DataFrame(rows)
+    df.write_csv(RUNS / "results.csv")
+    summary = summarise(df)
+    keep = [
+        "variant",
+        "round",
+        "mood base",
+        "mood steered",
+        "mood student",
+        "retain (mood)",
+        "retain",
+        "grammar steered",
+        "grammar student",
+    ]
+    print(
+        f"{len(SEEDS)} seeds x {ROUNDS} rounds per variant; mean (min..max over seeds); "
+        f"{time.perf_counter() - start:.0f} s in all.\n"
+    )
+    print("### Trait and coherence\n")
+    print(markdown(summary.select(keep)))
+    print("\n### Direction, internalisation, off-target, readouts\n")
+    print(
+        markdown(
+            summary.select(
+                [
+                    "variant",
+                    "round",
+                    "cos(v, v0)",
+                    "noise ceiling",
+                    "internalisation cos",
+                    "off-target mood moved",
+                    "KL(student‖base) p95",
+                    "readout cos",
+                ]
+            )
+        )
+    )
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).parent))
+    from docs_section import run_into_docs
+
+    run_into_docs("results.md", "toyworld", "just bench-toyworld", main)
