@@ -92,6 +92,17 @@ def test_every_preference_term_and_reference_runs_and_history_stays_frozen(pairs
         assert all(e["pref"] > 0 for e in result.events)
 
 
+def test_accumulation_weighs_sft_by_tokens(pairs):
+    """With micro-batches of one, the step's SFT is the mean over all its completion tokens (not a mean of
+    per-sequence means): equal to one batch holding the same pairs."""
+    two = sorted(pairs, key=lambda p: len(p.chosen_ids))[:: len(pairs) - 1][:2]  # the shortest and the longest
+    assert len(two[0].chosen_ids) != len(two[1].chosen_ids)
+    model, _, adapter = _fresh()
+    expected, _ = _measure(model, adapter, two)
+    split = heal(model, adapter, two, HealConfig(batch_size=1, grad_accum=2, epochs=1, lr=1e-9, grad_ratio_every=0))
+    assert split.events[0]["sft"] == pytest.approx(expected, rel=1e-5)
+
+
 def test_steering_during_heal_and_bad_input_fail(pairs):
     model, tok, adapter = _fresh()
     pos, neg = world.contrast_set("joy", 8)

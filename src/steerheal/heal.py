@@ -155,6 +155,11 @@ class _Round:
     def _hidden(self, side: _Side) -> Tensor:
         return gather(final_hidden(self.model, side.batch), side.positions)
 
+    def _logp(self, hidden: Tensor, side: _Side) -> Tensor:
+        """log p of each completion token (no KL), on the CPU where the sums and losses are formed."""
+        targets = side.positions.targets.to(self.device)
+        return token_scores(self.head, hidden, targets, chunk=self.config.chunk)[0].cpu()
+
     def parts(self, examples: Sequence[_Example]) -> dict[str, Tensor | float]:
         config = self.config
         prompts = [e.prompt for e in examples]
@@ -166,21 +171,8 @@ class _Round:
             if config.pref == "dpo":
                 ref_rejected = self._hidden(rejected)  # type: ignore[arg-type]
                 ref_sums = (
-                    sequence_sums(
-                        token_scores(
-                            self.head, ref_chosen, chosen.positions.targets.to(self.device), chunk=config.chunk
-                        )[0],
-                        chosen.positions,
-                    ),
-                    sequence_sums(
-                        token_scores(
-                            self.head,
-                            ref_rejected,
-                            rejected.positions.targets.to(self.device),  # type: ignore[union-attr]
-                            chunk=config.chunk,
-                        )[0],
-                        rejected.positions,
-                    ),  # type: ignore[union-attr]
+                    sequence_sums(self._logp(ref_chosen, chosen), chosen.positions),
+                    sequence_sums(self._logp(ref_rejected, rejected), rejected.positions),  # type: ignore[arg-type]
                 )
         lp_chosen, kl = token_scores(
             self.head,
@@ -304,17 +296,30 @@ def heal(
                     "active_fraction": 0.0,
                     "tokens": 0.0,
                 }
+                # SFT is a mean over the step's completion tokens, the other terms means over its sequences:
+                # each micro-batch weighs in by its share of tokens and of sequences respectively.
+                chunk_tokens = sum(len(e.chosen) for e in chunk)
                 for part in micro:
-                    weight = len(part) / len(chunk)
+                    by_sequence = len(part) / len(chunk)
+                    by_token = sum(len(e.chosen) for e in part) / chunk_tokens
                     values = loss_of.parts(part)
-                    (values["loss"] * weight).backward()  # type: ignore[operator]
-                    for key in ("loss", "sft", "pref", "penalty"):
-                        record[key] += float(torch.as_tensor(values[key]).detach()) * weight
+                    objective = (
+                        values["sft"] * by_token
+                        + (
+                            config.pref_weight * values["pref"] + values["penalty"]  # type: ignore[operator]
+                        )
+                        * by_sequence
+                    )
+                    objective.backward()  # type: ignore[union-attr]
+                    record["sft"] += float(torch.as_tensor(values["sft"]).detach()) * by_token
+                    for key in ("pref", "penalty"):
+                        record[key] += float(torch.as_tensor(values[key]).detach()) * by_sequence
                     divergence = values["D"].detach()  # type: ignore[union-attr]
-                    record["D_mean"] += float(divergence.mean()) * weight
+                    record["D_mean"] += float(divergence.mean()) * by_sequence
                     record["D_max"] = max(record["D_max"], float(divergence.max()))
-                    record["active_fraction"] += float(values["active"]) * weight
+                    record["active_fraction"] += float(values["active"]) * by_sequence
                     record["tokens"] += float(values["tokens"])
+                record["loss"] = record["sft"] + config.pref_weight * record["pref"] + record["penalty"]
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
                 lr = optimizer.param_groups[0]["lr"]
                 optimizer.step()
