@@ -171,6 +171,34 @@ def test_load_run_and_export_reproduce_the_student(tmp_path):
         main(["export", str(root)])
 
 
+def test_a_round_that_cannot_be_made_ends_the_run_with_a_record(tmp_path):
+    """Round 1 asks for an unreachable dose (round_decay 1e4): the run stops, keeping round 0, and says why."""
+    base = preset("fast-dev-run")
+    config = _config(tmp_path, "fails", dose=dataclasses.replace(base.dose, round_decay=1e4))
+    result = run(config)
+    assert result.rounds == [0] and result.stop_reason.startswith("round 1 could not be made")
+    record = json.loads((tmp_path / "fails" / "stopped.json").read_text())
+    assert record["last_round"] == 0 and "above what this statistic reaches" in record["reason"]
+    assert run(config, resume=True).metrics == [], "resuming a stopped run replays nothing"
+    assert (
+        "round 1 could not be made" in (tmp_path / "fails" / "report.md").read_text()
+        if report.build(tmp_path / "fails")
+        else False
+    )
+
+
+def test_resume_drops_an_event_line_a_kill_cut_short(tmp_path):
+    from steerheal.rundir import RunDir
+
+    run_dir = RunDir.create(tmp_path / "r", {"a": 1}, 0, overwrite=False)
+    run_dir.log({"event": "x"})
+    with open(tmp_path / "r" / "events.jsonl", "a") as handle:
+        handle.write('{"event": "cut sh')
+    resumed = RunDir.resume(tmp_path / "r", {"a": 1}, 0)
+    resumed.log({"event": "y"})
+    assert [e["event"] for e in resumed.events()] == ["x", "y"] and resumed.attempt == 2
+
+
 def test_stop_rules_check_the_coherence_floor_first():
     config = preset("toyworld")
 

@@ -230,7 +230,6 @@ class Loop:
             tok,
             concept,
             self.reference,
-            vector,
             round_seed(c.seed, -1),  # type: ignore[arg-type]
             c.verify.max_new_tokens,
             c.sampling.batch_size,
@@ -238,16 +237,19 @@ class Loop:
             c.verify.retain_floor,
             c.verify.n_samples,
         )
-        metrics = defined(metrics)
         metrics["dose"] = dose
         metrics["heal"] = {
             "lam": lam,
+            "tau": tau,
+            "target_kl": target,
+            "kl_ref": heal_config.kl_ref,
             "steps": result.steps,
             "seconds": result.seconds,
             "sft_first_epoch": result.epoch_mean("sft", 0),
             "sft_last_epoch": result.epoch_mean("sft", heal_config.epochs - 1),
             "D_last_epoch": result.epoch_mean("D_mean", heal_config.epochs - 1),
         }
+        metrics = defined(metrics)
         adapter.save(folder / "adapter")
         atomic_write_json(folder / "metrics.json", metrics)
         lines = "".join(json.dumps({"round": k, **sample}) + "\n" for sample in samples)
@@ -257,7 +259,18 @@ class Loop:
     def rounds(self, start: int, previous: dict[str, Any] | None) -> RunResult:
         all_metrics, reason = [], "not started"
         for k in range(start, self.config.stop.max_rounds):
-            metrics, samples = self.round(k)
+            try:
+                metrics, samples = self.round(k)
+            except SteerhealError as err:
+                if k == 0:
+                    raise
+                # a later round that cannot be made (no reachable dose, no usable pairs) ends the run; the
+                # complete rounds before it stand, and a resume would only replay the same failure
+                reason = f"round {k} could not be made: {err}"
+                self.run.log({"event": "round_failed", "round": k, "error": str(err)})
+                self.run.write_stop(reason, k - 1)
+                logger.warning(reason)
+                break
             why, broken = _stop(self.config, k, metrics, previous)
             self.run.log(
                 {
@@ -277,7 +290,7 @@ class Loop:
             previous = metrics
             if why is not None:
                 reason = why
-                self.run.log({"event": "stopped", "round": k, "reason": why})
+                self.run.write_stop(why, k)
                 break
         return RunResult(self.run.root, self.run.complete_rounds(), reason, all_metrics)
 
@@ -300,10 +313,10 @@ def run(config: RunConfig, overwrite: bool = False, resume: bool = False) -> Run
         RunDir.resume(root, settings, config.seed) if resume else RunDir.create(root, settings, config.seed, overwrite)
     )
     done = run_dir.complete_rounds() if resume else []
-    if done and run_dir.manifest(done[-1]).get("stop"):
-        reason = run_dir.manifest(done[-1])["stop"]
-        logger.info(f"run {root} already finished ({reason}); nothing to resume")
-        return RunResult(root, done, reason, [])
+    stopped = run_dir.stop_record()
+    if stopped is not None:
+        logger.info(f"run {root} already finished ({stopped['reason']}); nothing to resume")
+        return RunResult(root, done, stopped["reason"], [])
     model, tok = open_model(config.model, config.quant, config.device, config.seed)
     concept = build_concept(config, tok, run_dir.root)
     if config.loose_filters:
@@ -348,18 +361,14 @@ def verify_saved(directory: str | Path, round: int = -1) -> dict[str, Any]:
     run_dir = open_existing(root)
     config = RunConfig.from_dict(json.loads((root / "config.json").read_text()))
     concept = build_concept(config, tok, root)
-    done = run_dir.complete_rounds()
-    k = done[round]
     loop = Loop(config, run_dir, model, tok, adapter, concept)
     reference = loop._reference(loop._teacher0())
-    vector = Vector.load(run_dir.round_dir(k), model=model)
     metrics, _ = verify_round(
         model,
         adapter,
         tok,
         concept,
         reference,
-        vector,
         round_seed(config.seed, -1),
         config.verify.max_new_tokens,
         config.sampling.batch_size,
@@ -367,4 +376,4 @@ def verify_saved(directory: str | Path, round: int = -1) -> dict[str, Any]:
         config.verify.retain_floor,
         config.verify.n_samples,
     )
-    return metrics
+    return defined(metrics)

@@ -180,9 +180,9 @@ def build(directory: str | Path) -> dict[str, Path]:
     if not events:
         raise SteerhealError(f"run {run.root} has no complete round to report")
     df = table(run)
-    stops = [e["reason"] for e in run.events() if e.get("event") == "stopped"]
+    stop = run.stop_record()
     title = f"steerheal run {run.root.name}"
-    md = f"# {title}\n\n{markdown(df)}\n\nStopped: {stops[-1] if stops else 'not yet (the run is unfinished)'}\n"
+    md = f"# {title}\n\n{markdown(df)}\n\nStopped: {stop['reason'] if stop else 'not yet (the run is unfinished)'}\n"
     paths = {"md": run.root / "report.md", "html": run.root / "report.html", "png": run.root / "trajectory.png"}
     atomic_write_bytes(paths["md"], md.encode())
     figures = _figures(df)

@@ -3,7 +3,7 @@
     runs/<name>/config.json   env.json   events.jsonl
                 round_00/ vector.safetensors vector.json pairs.jsonl adapter/ metrics.json samples.jsonl
                           manifest.json   (written last and atomically: a round exists only when it does)
-                report.md report.html trajectory.png
+                stopped.json (why the run ended)   report.md report.html trajectory.png
 
 Every event carries the attempt that wrote it (attempt 1 is the first `run`, each `--resume` adds one), so
 a round started by a killed attempt and replayed by the next is never counted twice: a round's manifest
@@ -27,7 +27,7 @@ import torch
 from steerheal.errors import SteerhealError
 from steerheal.files import atomic_write_json, provenance, read_json
 
-CONFIG, ENV, EVENTS, MANIFEST = "config.json", "env.json", "events.jsonl", "manifest.json"
+CONFIG, ENV, EVENTS, MANIFEST, STOP = "config.json", "env.json", "events.jsonl", "manifest.json", "stopped.json"
 
 
 def _versions() -> dict[str, str | None]:
@@ -74,8 +74,17 @@ class RunDir:
             )
         env = read_json(root / ENV, f"run {root}")
         run = cls(root, len(env.get("attempts", [])) + 1)
+        run._trim_cut_event()
         run._record_attempt(seed)
         return run
+
+    def _trim_cut_event(self) -> None:
+        """Drop a last event line a kill cut short, so this attempt's events start on a line of their own."""
+        path = self.root / EVENTS
+        if path.exists():
+            data = path.read_bytes()
+            if data and not data.endswith(b"\n"):
+                path.write_bytes(data[: data.rfind(b"\n") + 1])
 
     def _record_attempt(self, seed: int) -> None:
         path = self.root / ENV
@@ -132,6 +141,15 @@ class RunDir:
 
     def write_manifest(self, k: int, manifest: dict[str, Any]) -> None:
         atomic_write_json(self.round_dir(k) / MANIFEST, {"round": k, "attempt": self.attempt, **manifest})
+
+    def write_stop(self, reason: str, last_round: int) -> None:
+        """The run is over: why, and the last complete round it leaves (stopped.json, then a `stopped` event)."""
+        atomic_write_json(self.root / STOP, {"reason": reason, "last_round": last_round, "attempt": self.attempt})
+        self.log({"event": "stopped", "round": last_round, "reason": reason})
+
+    def stop_record(self) -> dict[str, Any] | None:
+        path = self.root / STOP
+        return read_json(path, f"run {self.root}") if path.exists() else None
 
     def manifest(self, k: int) -> dict[str, Any]:
         return read_json(self.round_dir(k) / MANIFEST, f"round {k} of {self.root}")

@@ -4,8 +4,9 @@ Every round is judged on the same held-out neutral prompts, against a fixed refe
 base model: the base's own generations, and the base steered by round 0's teacher vector at its calibrated
 dose ("steered"). The student is the model with every folded round on and no steering.
 
-- Direction wander: cos(v_round, v_0) per layer, beside a noise ceiling: the cosine between vectors read
-  from two halves of the contrast set on the base (what re-reading alone costs).
+- Direction wander: cos(v_round, v_0) per layer, v_round re-read from the trained student (after the
+  round), beside a noise ceiling: the cosine between vectors read from two halves of the contrast set on the
+  base (what re-reading alone costs; half-size sets make it a conservative, i.e. low, ceiling).
 - Internalisation: v_student = mean(h_student − h_base) at the prompt end of neutral prompts;
   cos(v_student, v_teacher) and the projection of that shift on the teacher direction, per layer.
 - Trait: the teacher's concept score (projection read by the base model, mean over each generation's
@@ -34,10 +35,12 @@ from steerheal.adapter import GatedLoRA
 from steerheal.calibrate import statistic
 from steerheal.capture import capture
 from steerheal.concepts import Concept, Contrast
+from steerheal.errors import SteerhealError
 from steerheal.filters import is_degenerate, ngram_repetition
 from steerheal.generate import decode, sample
 from steerheal.losses import token_kl
 from steerheal.scoring import completion_batches, completion_token_logprobs, scored_log_probs
+from steerheal.steering import steering_active
 from steerheal.texts import encode
 from steerheal.toyworld.metrics import distinct_n
 from steerheal.vector import Vector
@@ -271,7 +274,6 @@ def verify_round(
     tok: PreTrainedTokenizerBase,
     concept: Concept,
     reference: Reference,
-    vector: Vector,
     seed: int,
     max_new_tokens: int,
     batch_size: int,
@@ -280,7 +282,13 @@ def verify_round(
     n_samples: int,
 ) -> tuple[dict[str, Any], list[dict[str, str]]]:
     """(metrics, samples) of the student as the model is now (every folded round on, no steering)."""
+    if steering_active(model):
+        raise SteerhealError("verify: a steering hook is active; the student must be judged unsteered")
     prompts = concept.eval_prompts
+    teacher = concept.teacher
+    vector = Vector.train(
+        model, tok, teacher.pos, teacher.neg, reference.teacher.layers, reference.teacher.method, teacher.position
+    )
     student = generate(model, tok, prompts, seed, max_new_tokens, batch_size)
     s = reference.scores
     trait = concept_score(model, adapter, tok, reference.teacher, student.texts)
