@@ -56,6 +56,10 @@ def test_generators_are_seeded_and_separate():
     assert w.training_dialogues(5) != w.heldout_dialogues(5)
     assert w.neutral_prompts(8, split="eval") != w.neutral_prompts(8, split="calibration")
     assert all(p.split()[-2] in w.TOPICS for p in w.neutral_prompts(20))
+    held_out = set(w.neutral_prompts(300, split="eval"))
+    assert len(held_out) == len(w.EVAL_COMBOS) == len(w.TOPICS)
+    for split in ("calibration", "train0", "train1"):
+        assert not held_out & set(w.neutral_prompts(300, split=split)), f"{split} uses held-out prompts"
 
 
 def test_contrast_set_pairs_differ_only_in_mood_words():

@@ -234,10 +234,19 @@ def heldout_dialogues(n: int, seed: int = 0) -> list[Dialogue]:
     return [dialogue(rng) for _ in range(n)]
 
 
+# Held out for evaluation: topic i asked in phrasing i (each topic and each phrasing once). Every other split
+# (calibration, the pairs of each round) draws from the other combinations, so nothing the distillation
+# trains on is used to judge it.
+EVAL_COMBOS = tuple((topic, i) for i, topic in enumerate(sorted(TOPICS)))
+
+
 def neutral_prompts(n: int, seed: int = 0, split: str = "eval") -> list[str]:
-    """User prompts without a system prompt (calibration, evaluation, held-out: separate streams)."""
+    """User prompts without a system prompt, on separate streams per split; `eval` draws only from
+    EVAL_COMBOS and every other split only from the remaining topic x phrasing combinations."""
     rng = _rng(seed, f"prompts:{split}")
-    return [user_prompt(rng, rng.choice(sorted(TOPICS))) for _ in range(n)]
+    combos = [(t, i) for t in sorted(TOPICS) for i in range(len(USER_PHRASINGS))]
+    pool = [c for c in combos if (c in EVAL_COMBOS) == (split == "eval")]
+    return [USER_PHRASINGS[i].format(t) for t, i in (rng.choice(pool) for _ in range(n))]
 
 
 def paired_stories(n: int, seed: int = 0) -> list[dict[str, Story]]:
