@@ -112,6 +112,9 @@ def test_search_on_a_known_curve_and_statistics():
     assert abs(curve(found.c) - 1) <= 0.01 and found.n_evals <= 3
     bisected = search(curve, target=1.0, start=1.0, tol=0.01, method="bisect")
     assert abs(curve(bisected.c) - 1) <= 0.01 and bisected.n_evals > found.n_evals
+    plateau = lambda c: 0.3 if c < 3 else 0.3 + (c - 3) ** 2  # noqa: E731  (flat, then reaches the target)
+    found = search(plateau, target=1.0, start=0.5, tol=0.05)
+    assert abs(plateau(found.c) - 1) <= 0.05, "a flat stretch below the target is not 'unreachable'"
     saturating = lambda c: 2 * (1 - 1 / (1 + c))  # noqa: E731  (never reaches 2)
     with pytest.raises(sh.SteerhealError, match="above what this statistic reaches"):
         search(saturating, target=3.0, start=1.0, tol=0.05)

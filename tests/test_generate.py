@@ -61,3 +61,16 @@ def test_sample_bad_input():
         sample(model, tok, PROMPTS, top_p=0)
     with pytest.raises(sh.SteerhealError, match=r"prompts\[0\] is empty"):
         sample(model, tok, [""])
+
+
+def test_completions_stop_at_any_token_the_model_declares():
+    """Chat models end a turn with their own token (gemma-3-it: <end_of_turn>), listed in generation_config."""
+    from steerheal.generate import stop_ids
+
+    model, tok = sh.tiny_model("llama", seed=6)
+    free = sample(model, tok, PROMPTS, temperature=0, max_new_tokens=12)
+    marker = free[0][2]  # a token the greedy completion reaches
+    model.generation_config.eos_token_id = [tok.eos_token_id, marker]
+    assert stop_ids(model, tok) == {tok.eos_token_id, marker}
+    stopped = sample(model, tok, PROMPTS, temperature=0, max_new_tokens=12)
+    assert stopped[0] == free[0][: free[0].index(marker) + 1]

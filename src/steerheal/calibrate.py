@@ -168,7 +168,9 @@ def search(
         if (g_new > 0) != (gx > 0):
             lo, hi = sorted([(x, gx), (x_new, g_new)])
             break
-        if len(points) >= 3 and g_new < 0 and g_new <= points[-2][1] <= points[-3][1]:
+        # stopped rising: fell twice in a row while still below the target (a flat stretch is not enough:
+        # the expansion goes on to its cap, where a truly unreachable target is reported)
+        if len(points) >= 3 and g_new < 0 and g_new < points[-2][1] < points[-3][1]:
             raise _unreachable(target, history)
         x, gx = x_new, g_new
 

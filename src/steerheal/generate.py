@@ -18,8 +18,17 @@ from transformers import PreTrainedTokenizerBase
 
 from steerheal.capture import model_device
 from steerheal.errors import SteerhealError
-from steerheal.model import context_length
+from steerheal.model import context_length, unwrap
 from steerheal.texts import Text, encode, left_pad, length_sorted_batches, require_pad_token
+
+
+def stop_ids(model: nn.Module, tok: PreTrainedTokenizerBase) -> frozenset[int]:
+    """Every token that ends a completion: the tokenizer's eos and whatever the model's generation config
+    declares (chat models end a turn with their own token: gemma-3-it's <end_of_turn>, Llama 3's <|eot_id|>)."""
+    ids = set() if tok.eos_token_id is None else {int(tok.eos_token_id)}
+    declared = getattr(getattr(unwrap(model), "generation_config", None), "eos_token_id", None)
+    ids.update([declared] if isinstance(declared, int) else list(declared or []))
+    return frozenset(ids)
 
 
 def row_seed(seed: int, index: int) -> int:
@@ -57,7 +66,8 @@ def sample(
     progress: bool | None = None,
     first_index: int = 0,
 ) -> list[list[int]]:
-    """Completion ids per prompt (in prompt order). A completion that stopped ends with the eos id.
+    """Completion ids per prompt (in prompt order). A completion that stopped ends with its stop token
+    (`stop_ids`).
 
     `temperature=0` is greedy decoding. Prompts are strings (already templated) or (prompt, completion)
     pairs whose completion part is continued. Prompt i is sampled with the generator of (seed, first_index
@@ -69,9 +79,12 @@ def sample(
             f"sample: temperature={temperature} (>= 0), top_p={top_p} (in (0, 1]), "
             f"max_new_tokens={max_new_tokens} (>= 1)"
         )
-    eos = tok.eos_token_id
-    if eos is None:
-        raise SteerhealError("sample: the tokenizer has no eos token, so a completion could never stop")
+    stops = stop_ids(model, tok)
+    if not stops:
+        raise SteerhealError(
+            "sample: neither the tokenizer nor the model declares an eos token, so a completion could never stop"
+        )
+    stop_tensor = torch.tensor(sorted(stops))
     pad_id = require_pad_token(tok)
     encoded = encode(tok, prompts, context_length(model) - max_new_tokens, what="prompts")
     device = model_device(model)
@@ -81,7 +94,9 @@ def sample(
         batch = left_pad([encoded[i] for i in rows], pad_id).to(device)
         generators = [torch.Generator().manual_seed(row_seed(seed, first_index + i)) for i in rows]
         mask, positions = batch.attention_mask, batch.position_ids
-        result = model(input_ids=batch.input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        result = model(
+            input_ids=batch.input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
+        )
         done = torch.zeros(len(rows), dtype=torch.bool, device=device)
         for step in range(max_new_tokens):
             token = _next_tokens(result.logits[:, -1], temperature, top_p, generators).to(device)
@@ -89,7 +104,7 @@ def sample(
             for k, row in enumerate(rows):
                 if not done[k]:
                     out[row].append(int(token[k]))
-            done |= token == eos
+            done |= torch.isin(token, stop_tensor.to(token.device))
             if done.all() or step == max_new_tokens - 1:  # the last sampled token is never forwarded
                 break
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)

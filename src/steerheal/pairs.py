@@ -23,7 +23,7 @@ from transformers import PreTrainedTokenizerBase
 from steerheal.errors import SteerhealError
 from steerheal.files import atomic_write_bytes
 from steerheal.filters import FilterConfig, text_reasons
-from steerheal.generate import sample
+from steerheal.generate import sample, stop_ids
 from steerheal.scoring import completion_token_logprobs
 from steerheal.texts import encode
 from steerheal.vector import Vector
@@ -65,8 +65,8 @@ class PreferencePair:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__})
 
 
-def _finished(ids: Sequence[int], eos: int) -> bool:
-    return len(ids) > 0 and ids[-1] == eos
+def _finished(ids: Sequence[int], stops: frozenset[int]) -> bool:
+    return len(ids) > 0 and ids[-1] in stops
 
 
 def tail_perplexity(
@@ -101,7 +101,7 @@ def completion_checks(
 ) -> list[Check]:
     """Every filter in force on each completion; the tail perplexity is scored by `model` as it is now
     (call it outside any steering context: "unsteered")."""
-    eos = tok.eos_token_id
+    stops = stop_ids(model, tok)
     ppl: list[float | None] = [None] * len(completions)
     if filters.max_tail_ppl is not None:
         nonempty = [i for i, c in enumerate(completions) if c]
@@ -118,7 +118,7 @@ def completion_checks(
     out = []
     for i, ids in enumerate(completions):
         text = tok.decode(ids, skip_special_tokens=True)
-        n_tokens = len(ids) - (1 if include_eos and _finished(ids, eos) else 0)
+        n_tokens = len(ids) - (1 if include_eos and _finished(ids, stops) else 0)
         reasons = text_reasons(text, n_tokens, finished[i], filters)
         if filters.max_tail_ppl is not None and ppl[i] is not None and ppl[i] > filters.max_tail_ppl:
             reasons.append(f"tail perplexity {ppl[i]:.1f} > {filters.max_tail_ppl}")
@@ -137,16 +137,18 @@ def make_pairs(
     filters: FilterConfig | None = None,
     include_eos: bool = True,
     first_index: int = 0,
+    rejected_ids: Sequence[Sequence[int]] | None = None,
 ) -> list[PreferencePair]:
     """One pair per prompt: chosen sampled under `vector.steer(alpha)`, rejected without steering.
     `filters=None` applies the defaults of `FilterConfig`; `first_index` continues the per-prompt seeds
-    of an earlier call (see `generate.sample`)."""
+    of an earlier call (see `generate.sample`). `rejected_ids` reuses unsteered completions already sampled
+    for these prompts with this seed (they do not depend on the dose: the dose walk samples them once)."""
     filters = filters or FilterConfig()
     if vector.coeff is None:
         raise SteerhealError("make_pairs: the vector has no dose; calibrate it (v.calibrate) or set v.coeff")
     if len(prompts) == 0:
         raise SteerhealError("make_pairs: prompts is empty")
-    eos = tok.eos_token_id
+    stops = stop_ids(model, tok)
     logger.info(f"pair filters in force: {filters.to_dict()}")
     prompt_ids = [list(e.ids) for e in encode(tok, prompts, 10**9, what="prompts")]
     kwargs = dict(
@@ -159,11 +161,14 @@ def make_pairs(
     )
     with vector.steer(model, alpha=alpha):
         chosen = sample(model, tok, prompts, **kwargs)
-    rejected = sample(model, tok, prompts, **kwargs)
-    finished = [_finished(c, eos) for c in chosen]
+    rejected = [list(r) for r in rejected_ids] if rejected_ids is not None else sample(model, tok, prompts, **kwargs)
+    if len(rejected) != len(prompts):
+        raise SteerhealError(f"make_pairs: {len(rejected)} rejected completions for {len(prompts)} prompts")
+    finished = [_finished(c, stops) for c in chosen]
+    rejected_finished = [_finished(r, stops) for r in rejected]
     if not include_eos:
-        chosen = [c[:-1] if _finished(c, eos) else c for c in chosen]
-        rejected = [r[:-1] if _finished(r, eos) else r for r in rejected]
+        chosen = [c[:-1] if _finished(c, stops) else c for c in chosen]
+        rejected = [r[:-1] if _finished(r, stops) else r for r in rejected]
     checks = completion_checks(model, tok, prompt_ids, chosen, finished, filters, include_eos, sampling.batch_size)
     dose = {"alpha": alpha, "coeff": vector.coeff, "C": alpha * vector.coeff}
     pairs = []
@@ -172,6 +177,8 @@ def make_pairs(
         reasons = [f"chosen: {r}" for r in checks[i].reasons]
         if not rejected[i] or (filters.require_text and not rejected_text.strip()):
             reasons.append("rejected: empty")
+        if filters.drop_unfinished and not rejected_finished[i]:
+            reasons.append("rejected: unfinished: no end-of-turn within max_new_tokens")
         if filters.drop_identical and chosen[i] == rejected[i]:
             reasons.append("identical: steering changed nothing")
         pairs.append(
@@ -226,8 +233,12 @@ def dose_walk(
     probe = list(prompts[:probe_size])
     tried: list[tuple[float, float]] = []
     current = alpha
+    unsteered: list[list[int]] | None = None
     while current >= alpha_min * (1 - 1e-9):
-        pairs = make_pairs(model, tok, vector, probe, current, seed, sampling, filters, include_eos)
+        pairs = make_pairs(
+            model, tok, vector, probe, current, seed, sampling, filters, include_eos, rejected_ids=unsteered
+        )
+        unsteered = [p.rejected_ids for p in pairs] if include_eos else None
         rate = sum(p.kept for p in pairs) / len(pairs)
         tried.append((current, rate))
         if rate >= keep_target:
