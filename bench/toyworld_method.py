@@ -10,6 +10,7 @@ Mean and spread (min..max over seeds) per round. Every figure comes from the run
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import statistics
 import sys
@@ -49,7 +50,8 @@ def one(name: str, heal: object, seed: int) -> list[dict[str, object]]:
             base.stop, max_rounds=ROUNDS, min_grammar_ok=0.0, min_distinct_2=0.0, max_kl_tail=1e9, min_trait_gain=-1e9
         ),
     )
-    result = run(config, overwrite=True)
+    with contextlib.redirect_stdout(sys.stderr):  # the loop's per-round lines are progress, not results
+        result = run(config, overwrite=True)
     rows = []
     for k, m in enumerate(result.metrics):
         truth = m["truth"]
