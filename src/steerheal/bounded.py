@@ -74,7 +74,7 @@ def gather(hidden: Float[Tensor, "batch length hidden"], positions: Positions) -
     return hidden[positions.rows, positions.columns]
 
 
-LSE_TEMP_ELEMENTS = 2**20  # logsumexp runs on row blocks whose temporary stays under 4 MB of float32
+LSE_TEMP_ELEMENTS = 2**16  # logsumexp runs on row blocks whose temporary stays under 256 KiB of float32
 
 
 @dataclass(frozen=True)
