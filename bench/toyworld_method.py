@@ -3,7 +3,9 @@
 Variants at the same budget (the toyworld preset's dose, data, adapter and optimiser; only the loss differs):
 - `sft`: plain SFT on the steered completions (pref none, no barrier: lam 0);
 - `orpo+barrier`: SFT + ORPO + the reverse-KL barrier (the preset);
-- `dpo+barrier`: SFT + DPO + the reverse-KL barrier.
+- `dpo+barrier`: SFT + DPO + the reverse-KL barrier;
+- `orpo, no barrier`: SFT + ORPO with lam 0 (what the barrier adds);
+- `orpo+barrier, ref prev`: the preset with the barrier anchored to the previous student, not the base.
 The stop rules are switched off so every run shows all rounds; the coherence floor is reported as a column.
 Mean and spread (min..max over seeds) per round. Every figure comes from the runs this command makes.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import statistics
 import sys
 import time
@@ -35,6 +38,8 @@ def variants() -> dict[str, object]:
         "sft": dataclasses.replace(base.heal, pref="none", lam=0.0),
         "orpo+barrier": base.heal,
         "dpo+barrier": dataclasses.replace(base.heal, pref="dpo"),
+        "orpo, no barrier": dataclasses.replace(base.heal, lam=0.0),
+        "orpo+barrier, ref prev": dataclasses.replace(base.heal, kl_ref="prev"),
     }
 
 
@@ -42,7 +47,7 @@ def one(name: str, heal: object, seed: int) -> list[dict[str, object]]:
     base = preset("toyworld")
     config = dataclasses.replace(
         base,
-        name=f"{name}-seed{seed}",
+        name=re.sub(r"[^a-z0-9]+", "-", name) + f"-seed{seed}",
         runs_dir=RUNS,
         seed=seed,
         heal=heal,
@@ -90,7 +95,7 @@ def summarise(df: pl.DataFrame) -> pl.DataFrame:
                 row[column] = "undefined"
                 continue
             mean = statistics.fmean(values)
-            row[column] = f"{mean:.3f} ({min(values):.2f}..{max(values):.2f})"
+            row[column] = f"{mean:.3f} ({min(values):.3f}..{max(values):.3f})"
         out.append(row)
     return pl.DataFrame(out)
 
