@@ -116,6 +116,19 @@ def test_logistic_l1_is_sparse_on_a_one_coordinate_concept():
     assert nonzero_l1 < HIDDEN // 2 and nonzero_l2 == HIDDEN  # measured: 28 of 64 vs all 64
 
 
+@pytest.mark.parametrize("method", ["logistic", "logistic_l1"])
+def test_logistic_penalty_is_chosen_by_balanced_accuracy_on_an_imbalanced_concept(method):
+    """A corpus concept has a few positives against every other concept's texts. Cross-validated plain
+    accuracy rewards the model that predicts "negative" everywhere (0.9 here), so L1 picked the strongest
+    penalty and removed every feature (all-MiniLM, `anger`); balanced accuracy scores that model 0.5."""
+    g = torch.Generator().manual_seed(0)
+    neg = torch.randn(54, HIDDEN, generator=g)
+    pos = torch.randn(6, HIDDEN, generator=g)
+    pos[:, 0] += 1.5
+    unit, _ = direction(method, pos, neg)
+    assert int(unit.abs().argmax()) == 0 and float(unit[0]) > 0
+
+
 def test_direction_bad_input():
     pos, neg, _ = _planted(4, n=8, signal=1.0, noise=1.0)
     with pytest.raises(sh.SteerhealError, match="method='cluster'"):
