@@ -113,20 +113,23 @@ def test_logistic_l1_is_sparse_on_a_one_coordinate_concept():
     l2, _ = direction("logistic", pos, neg)
     assert int(l1.abs().argmax()) == 5
     nonzero_l1, nonzero_l2 = int((l1.abs() > 1e-6).sum()), int((l2.abs() > 1e-6).sum())
-    assert nonzero_l1 < HIDDEN // 2 and nonzero_l2 == HIDDEN  # measured: 28 of 64 vs all 64
+    assert nonzero_l1 < HIDDEN // 2 and nonzero_l2 == HIDDEN  # measured: 1 of 64 vs all 64
 
 
 @pytest.mark.parametrize("method", ["logistic", "logistic_l1"])
-def test_logistic_penalty_is_chosen_by_balanced_accuracy_on_an_imbalanced_concept(method):
-    """A corpus concept has a few positives against every other concept's texts. Cross-validated plain
-    accuracy rewards the model that predicts "negative" everywhere (0.9 here), so L1 picked the strongest
-    penalty and removed every feature (all-MiniLM, `anger`); balanced accuracy scores that model 0.5."""
-    g = torch.Generator().manual_seed(0)
-    neg = torch.randn(54, HIDDEN, generator=g)
-    pos = torch.randn(6, HIDDEN, generator=g)
-    pos[:, 0] += 1.5
-    unit, _ = direction(method, pos, neg)
-    assert int(unit.abs().argmax()) == 0 and float(unit[0]) > 0
+def test_logistic_reads_an_imbalanced_concept(method):
+    """A corpus concept has a few positives against every other concept's texts: here 6 against 54, the
+    concept on one coordinate (shift 2). Cross-validated plain accuracy scores the empty L1 model 0.9 and
+    ties go to the strongest penalty, so the lasso used to remove every feature (3 of these 6 seeds
+    raised; all-MiniLM's `anger` did too). L1 now chooses by balanced accuracy among penalties that keep
+    a coordinate."""
+    for seed in range(6):
+        g = torch.Generator().manual_seed(seed)
+        neg = torch.randn(54, HIDDEN, generator=g)
+        pos = torch.randn(6, HIDDEN, generator=g)
+        pos[:, 0] += 2.0
+        unit, _ = direction(method, pos, neg)
+        assert int(unit.abs().argmax()) == 0 and float(unit[0]) > 0, seed
 
 
 def test_direction_bad_input():
