@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from steerheal.errors import SteerhealError
-from steerheal.model import context_length, decoder_layers, n_layers, unwrap
+from steerheal.model import context_length, decoder_layers, hidden_size, n_layers, unwrap
 from steerheal.texts import Batch, Text, encode, left_pad, length_sorted_batches, require_pad_token
 
 POSITIONS: tuple[str, ...] = ("last", "prompt_end", "mean", "all")
@@ -54,6 +54,16 @@ def check_layers(model: nn.Module, layers: Sequence[int]) -> list[int]:
     if len(set(layers)) != len(layers):
         raise SteerhealError(f"layers {layers} has duplicates")
     return sorted(layers)
+
+
+def check_fits(model: nn.Module, kind: str, hidden: int, layers: Sequence[int]) -> None:
+    """A `kind` (vector, readout) of width `hidden` at `layers` can steer or be read from this model."""
+    if hidden_size(model) != hidden:
+        raise SteerhealError(
+            f"this {kind} has hidden size {hidden} but the model has {hidden_size(model)}; "
+            "it was made for another model"
+        )
+    check_layers(model, layers)
 
 
 def check_position(position: str, allowed: Sequence[str] = POSITIONS) -> None:

@@ -229,6 +229,14 @@ def fingerprint(model: nn.Module) -> Fingerprint:
     )
 
 
+def warn_if_made_for_another(saved: Fingerprint | None, model: nn.Module, what: str) -> None:
+    """A file read onto a model whose identity differs from the one it was made on: logged, not refused
+    (a direction can transfer between revisions of one model; the hidden size and layers are checked)."""
+    differences = saved.differences(fingerprint(model), "identity") if saved is not None else []
+    if differences:
+        logger.warning(f"{what} was trained on another model: {'; '.join(differences)}")
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 

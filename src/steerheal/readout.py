@@ -25,16 +25,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float
-from loguru import logger
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from steerheal.aggregate import METHODS, SUBSPACE_K, SUBSPACE_RANK, TOKEN_METHODS, direction, subspace, text_basis
-from steerheal.capture import capture, capture_each, check_layers, check_position
+from steerheal.capture import capture, capture_each, check_fits, check_layers, check_position
 from steerheal.corpus import NAME, Corpus
 from steerheal.errors import SteerhealError
 from steerheal.files import atomic_save_safetensors, atomic_write_json, check_finite, provenance, read_tensor_folder
-from steerheal.model import Fingerprint, fingerprint, hidden_size
+from steerheal.model import Fingerprint, fingerprint, warn_if_made_for_another
 from steerheal.texts import Text
 from steerheal.vector import Vector, default_layers
 
@@ -289,12 +288,7 @@ class Readout:
 
     # ------------------------------------------------------------------ reading
     def check_model(self, model: nn.Module) -> None:
-        if hidden_size(model) != self.hidden_size:
-            raise SteerhealError(
-                f"this readout has hidden size {self.hidden_size} but the model has {hidden_size(model)}; "
-                "it was made for another model"
-            )
-        check_layers(model, self.layers)
+        check_fits(model, "readout", self.hidden_size, self.layers)
 
     def score(
         self,
@@ -430,10 +424,7 @@ class Readout:
         )
         if model is not None:
             readout.check_model(model)
-            if readout.fingerprint is not None:
-                differences = readout.fingerprint.differences(fingerprint(model), "identity")
-                if differences:
-                    logger.warning(f"{what} was trained on another model: {'; '.join(differences)}")
+            warn_if_made_for_another(readout.fingerprint, model, what)
         return readout
 
 

@@ -16,15 +16,14 @@ from typing import Any
 
 import torch
 from jaxtyping import Float
-from loguru import logger
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from steerheal.aggregate import check_method, direction
-from steerheal.capture import capture, check_layers, check_position
+from steerheal.capture import capture, check_fits, check_layers, check_position
 from steerheal.errors import SteerhealError
 from steerheal.files import atomic_save_safetensors, atomic_write_json, check_finite, provenance, read_tensor_folder
-from steerheal.model import Fingerprint, fingerprint, hidden_size, n_layers
+from steerheal.model import Fingerprint, fingerprint, n_layers, warn_if_made_for_another
 from steerheal.steering import add_to_residual
 from steerheal.texts import Text
 
@@ -154,12 +153,7 @@ class Vector:
 
     # ------------------------------------------------------------------ steering and reading
     def _check_model(self, model: nn.Module) -> None:
-        if hidden_size(model) != self.hidden_size:
-            raise SteerhealError(
-                f"this vector has hidden size {self.hidden_size} but the model has {hidden_size(model)}; "
-                "it was made for another model"
-            )
-        check_layers(model, self.layers)
+        check_fits(model, "vector", self.hidden_size, self.layers)
 
     @contextmanager
     def steer(self, model: nn.Module, alpha: float = 1.0, coeff: float | None = None) -> Iterator[None]:
@@ -257,10 +251,7 @@ class Vector:
             )
         if model is not None:
             vector._check_model(model)
-            if vector.fingerprint is not None:
-                differences = vector.fingerprint.differences(fingerprint(model), "identity")
-                if differences:
-                    logger.warning(f"{what} was trained on another model: {'; '.join(differences)}")
+            warn_if_made_for_another(vector.fingerprint, model, what)
         return vector
 
     # ------------------------------------------------------------------ steering-vectors interop
