@@ -24,12 +24,28 @@ import polars as pl
 import torch
 
 from steerheal.loop import run
-from steerheal.report import markdown
+from steerheal.report import markdown, table
 from steerheal.runconfig import preset
+from steerheal.rundir import open_existing
 
 SEEDS = (0, 1, 2)
 ROUNDS = 3
 RUNS = Path("runs/bench-toyworld")
+METRICS = (  # columns of the run report's table (steerheal.report.table), summarised over seeds
+    "mood base",
+    "mood steered",
+    "mood student",
+    "retain",
+    "retain (mood)",
+    "grammar student",
+    "grammar steered",
+    "off-target mood moved",
+    "cos(v, v0)",
+    "noise ceiling",
+    "internalisation cos",
+    "KL(student‖base) p95",
+    "readout cos",
+)
 
 
 def variants() -> dict[str, object]:
@@ -43,7 +59,7 @@ def variants() -> dict[str, object]:
     }
 
 
-def one(name: str, heal: object, seed: int) -> list[dict[str, object]]:
+def one(name: str, heal: object, seed: int) -> pl.DataFrame:
     base = preset("toyworld")
     config = dataclasses.replace(
         base,
@@ -57,39 +73,19 @@ def one(name: str, heal: object, seed: int) -> list[dict[str, object]]:
     )
     with contextlib.redirect_stdout(sys.stderr):  # the loop's per-round lines are progress, not results
         result = run(config, overwrite=True)
-    rows = []
-    for k, m in enumerate(result.metrics):
-        truth = m["truth"]
-        rows.append(
-            {
-                "variant": name,
-                "seed": seed,
-                "round": k,
-                "mood base": truth["base"]["mood_rate"],
-                "mood steered": truth["steered"]["mood_rate"],
-                "mood student": truth["student"]["mood_rate"],
-                "retain": m["retain"],
-                "retain (mood)": m["retain_mood"],
-                "grammar student": truth["student"]["grammar_ok"],
-                "grammar steered": truth["steered"]["grammar_ok"],
-                "off-target mood moved": truth["student"]["off_target_mood_rate"]
-                - truth["base"]["off_target_mood_rate"],
-                "cos(v, v0)": m["direction"]["cos_to_round0_mean"],
-                "noise ceiling": m["direction"]["noise_ceiling_mean"],
-                "internalisation cos": m["internalisation"]["cos_mean"],
-                "KL(student‖base) p95": m["coherence"]["kl_tail_p95"],
-                "readout cos": m["readout"]["cos_mean"],
-            }
-        )
-    return rows
+    rounds = table(open_existing(result.root))  # the run report's own table, read back from events.jsonl
+    return rounds.with_columns(
+        pl.lit(name).alias("variant"),
+        pl.lit(seed).alias("seed"),
+        (pl.col("off-target mood student") - pl.col("off-target mood base")).alias("off-target mood moved"),
+    ).select("variant", "seed", "round", *METRICS)
 
 
 def summarise(df: pl.DataFrame) -> pl.DataFrame:
-    metrics = [c for c in df.columns if c not in ("variant", "seed", "round")]
     out = []
     for (variant, k), group in df.group_by(["variant", "round"], maintain_order=True):
         row: dict[str, object] = {"variant": variant, "round": k}
-        for column in metrics:
+        for column in METRICS:
             values = [v for v in group[column].to_list() if v is not None]
             if not values:
                 row[column] = "undefined"
@@ -103,12 +99,12 @@ def summarise(df: pl.DataFrame) -> pl.DataFrame:
 def main() -> None:
     torch.set_num_threads(2)
     start = time.perf_counter()
-    rows = []
+    frames = []
     for name, heal in variants().items():
         for seed in SEEDS:
-            rows += one(name, heal, seed)
+            frames.append(one(name, heal, seed))
             print(f"{name} seed {seed} done", file=sys.stderr, flush=True)
-    df = pl.DataFrame(rows)
+    df = pl.concat(frames)
     df.write_csv(RUNS / "results.csv")
     summary = summarise(df)
     keep = [

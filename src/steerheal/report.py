@@ -67,6 +67,7 @@ def table(run: RunDir) -> pl.DataFrame:
                     "mood steered": truth["steered"]["mood_rate"],
                     "mood student": truth["student"]["mood_rate"],
                     "retain (mood)": _num(m["retain_mood"]),
+                    "off-target mood base": truth["base"]["off_target_mood_rate"],
                     "off-target mood student": truth["student"]["off_target_mood_rate"],
                     "grammar student": truth["student"]["grammar_ok"],
                     "grammar steered": truth["steered"]["grammar_ok"],
