@@ -12,7 +12,6 @@ log-softmax, exponent and products.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -23,8 +22,6 @@ from steerheal.errors import SteerhealError
 from steerheal.losses import DIRECTIONS, f32
 from steerheal.model import unwrap
 from steerheal.texts import Batch
-
-Head = Callable[[Tensor], Tensor]
 
 
 def decoder(model: nn.Module) -> nn.Module:
@@ -99,12 +96,6 @@ def _logits(hidden: Tensor, head: HeadParts) -> Tensor:
     """float32 (float64 stays float64) [rows, vocab] logits, soft-capped in place."""
     z = f32(torch.nn.functional.linear(hidden.to(head.weight.dtype), head.weight, head.bias))
     return z.div_(head.cap).tanh_().mul_(head.cap) if head.cap else z
-
-
-def output_head(model: nn.Module) -> Head:
-    """hidden -> float32 logits exactly as the model computes them (its output embedding, then soft-capping)."""
-    parts = head_parts(model)
-    return lambda hidden: _logits(hidden, parts)
 
 
 def _logsumexp(x: Tensor) -> Tensor:

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import polars as pl
 from torch import nn
@@ -53,13 +52,6 @@ def story_metrics(stories: Sequence[str], topics: Sequence[str]) -> dict[str, fl
 
 def prompt_topics(n: int, seed: int, split: str = "eval") -> list[str]:
     return [p.split()[-2] for p in neutral_prompts(n, seed, split)]
-
-
-@dataclass(frozen=True)
-class ReadSpec:
-    name: str
-    position: str
-    layers: tuple[int, ...]
 
 
 def joy_vectors(model: nn.Module, tok: PreTrainedTokenizerBase, seed: int, n_pairs: int = 64) -> dict[str, Vector]:
