@@ -19,7 +19,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 from steerheal.errors import SteerhealError
-from steerheal.losses import DIRECTIONS, f32
+from steerheal.losses import DIRECTIONS, f32, predicting_mask
 from steerheal.model import unwrap
 from steerheal.texts import Batch
 
@@ -59,12 +59,9 @@ class Positions:
 def completion_positions(
     input_ids: Int[Tensor, "batch length"], completion_mask: Bool[Tensor, "batch length"]
 ) -> Positions:
-    mask = completion_mask[:, 1:].bool()
-    counts = mask.sum(-1)
-    if (counts == 0).any():
-        raise SteerhealError("a sequence has no completion tokens (completion_mask is false after position 0)")
+    mask = predicting_mask(completion_mask)
     rows, columns = mask.nonzero(as_tuple=True)
-    return Positions(rows, columns, input_ids[:, 1:][rows, columns], counts)
+    return Positions(rows, columns, input_ids[:, 1:][rows, columns], mask.sum(-1))
 
 
 def gather(hidden: Float[Tensor, "batch length hidden"], positions: Positions) -> Float[Tensor, "n hidden"]:

@@ -24,6 +24,15 @@ def f32(x: Tensor) -> Tensor:
     return x if x.dtype == torch.float64 else x.float()
 
 
+def predicting_mask(completion_mask: Bool[Tensor, "batch length"]) -> Bool[Tensor, "batch length-1"]:
+    """Which of positions 0..L-2 predict a completion token (position t - 1 scores token t); every sequence
+    must have one."""
+    mask = completion_mask[:, 1:].bool()
+    if (mask.sum(-1) == 0).any():
+        raise SteerhealError("a sequence has no completion tokens (completion_mask is false after position 0)")
+    return mask
+
+
 def _predicting(logits: Tensor, input_ids: Tensor, completion_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(log-probs of positions 0..L-2, the tokens they score, which of them are completion tokens)."""
     if logits.shape[:2] != input_ids.shape or input_ids.shape != completion_mask.shape:
@@ -31,10 +40,7 @@ def _predicting(logits: Tensor, input_ids: Tensor, completion_mask: Tensor) -> t
             f"logits {tuple(logits.shape)}, input_ids {tuple(input_ids.shape)} and completion_mask "
             f"{tuple(completion_mask.shape)} must share [batch, length]"
         )
-    mask = completion_mask[:, 1:].bool()
-    if (mask.sum(-1) == 0).any():
-        raise SteerhealError("a sequence has no completion tokens (completion_mask is false after position 0)")
-    return f32(logits[:, :-1]).log_softmax(-1), input_ids[:, 1:], mask
+    return f32(logits[:, :-1]).log_softmax(-1), input_ids[:, 1:], predicting_mask(completion_mask)
 
 
 def sequence_logprobs(
@@ -144,7 +150,7 @@ def kl_barrier(
     completion tokens; penalty = mean_b(λ · relu(D_b − τ)); active_fraction = share of sequences with D_b > τ."""
     if student_logits.shape != ref_logits.shape:
         raise SteerhealError(f"student {tuple(student_logits.shape)} and ref {tuple(ref_logits.shape)} logits differ")
-    mask = completion_mask[:, 1:].bool()
+    mask = predicting_mask(completion_mask)
     vocab = student_logits.shape[-1]
     kl = token_kl(student_logits[:, :-1].reshape(-1, vocab), ref_logits[:, :-1].reshape(-1, vocab), direction)
     return barrier(aggregate_kl(kl.view(mask.shape), mask, agg), tau, lam)
