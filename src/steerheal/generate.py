@@ -7,7 +7,6 @@ Steering contexts apply to every forward call, prefill and cached steps alike.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
 import torch
@@ -19,6 +18,7 @@ from transformers import PreTrainedTokenizerBase
 from steerheal.capture import model_device
 from steerheal.errors import SteerhealError
 from steerheal.model import context_length, unwrap
+from steerheal.seeds import derived_seed
 from steerheal.texts import Text, encode, left_pad, length_sorted_batches, require_pad_token
 
 
@@ -29,11 +29,6 @@ def stop_ids(model: nn.Module, tok: PreTrainedTokenizerBase) -> frozenset[int]:
     declared = getattr(getattr(unwrap(model), "generation_config", None), "eos_token_id", None)
     ids.update([declared] if isinstance(declared, int) else list(declared or []))
     return frozenset(ids)
-
-
-def row_seed(seed: int, index: int) -> int:
-    digest = hashlib.sha256(f"steerheal.sample:{seed}:{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 def _next_tokens(
@@ -92,7 +87,7 @@ def sample(
     plan = length_sorted_batches([len(e.ids) for e in encoded], batch_size)
     for rows in tqdm(plan, desc="sample", disable=not progress if progress is not None else None):
         batch = left_pad([encoded[i] for i in rows], pad_id).to(device)
-        generators = [torch.Generator().manual_seed(row_seed(seed, first_index + i)) for i in rows]
+        generators = [torch.Generator().manual_seed(derived_seed("sample", seed, first_index + i)) for i in rows]
         mask, positions = batch.attention_mask, batch.position_ids
         result = model(
             input_ids=batch.input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -34,13 +33,14 @@ from steerheal.model_spec import check_spec, open_model
 from steerheal.pairs import dose_walk, walk_and_pair, write_pairs
 from steerheal.runconfig import RunConfig
 from steerheal.rundir import RunDir, open_existing
+from steerheal.seeds import derived_seed
 from steerheal.vector import Vector
 from steerheal.verify import Reference, build_reference, verify_round
 
 
 def round_seed(seed: int, k: int) -> int:
     """Round k's random state: a function of (seed, k) only, so a replayed round draws the same numbers."""
-    return int.from_bytes(hashlib.sha256(f"steerheal.round:{seed}:{k}".encode()).digest()[:4], "little")
+    return derived_seed("round", seed, k, bits=32)
 
 
 @dataclass
