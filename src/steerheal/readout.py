@@ -28,7 +28,16 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
-from steerheal.aggregate import METHODS, SUBSPACE_K, SUBSPACE_RANK, TOKEN_METHODS, direction, subspace, text_basis
+from steerheal.aggregate import (
+    METHODS,
+    MIN_PER_SIDE_FOR_CV,
+    SUBSPACE_K,
+    SUBSPACE_RANK,
+    TOKEN_METHODS,
+    direction,
+    subspace,
+    text_basis,
+)
 from steerheal.capture import capture, capture_each, check_fits, check_layers, check_position
 from steerheal.corpus import NAME, Corpus
 from steerheal.errors import SteerhealError
@@ -429,13 +438,14 @@ class Readout:
 
 
 def _check_sizes(corpus: Corpus, method: str) -> None:
-    """Methods with cross-validation need 3 texts on each side for every concept (checked before any forward)."""
+    """Methods with cross-validation need texts on each side of every concept (checked before any forward)."""
     if not method.startswith("logistic"):
         return
     for concept, n in corpus.counts().items():
-        if min(n, len(corpus.texts) - n) < 3:
+        if min(n, len(corpus.texts) - n) < MIN_PER_SIDE_FOR_CV:
             raise SteerhealError(
-                f"method={method!r} picks its penalty by 3-fold cross-validation and needs at least 3 texts on "
+                f"method={method!r} picks its penalty by 3-fold cross-validation and needs at least "
+                f"{MIN_PER_SIDE_FOR_CV} texts on "
                 f"each side; concept {concept!r} has {n} positives and {len(corpus.texts) - n} negatives. "
                 "Add texts or use mean_diff"
             )
