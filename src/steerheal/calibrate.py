@@ -36,7 +36,7 @@ from steerheal.filters import is_degenerate
 from steerheal.generate import sample
 from steerheal.losses import token_kl
 from steerheal.scoring import CompletionBatch, completion_batches, scored_log_probs
-from steerheal.texts import Text, encode
+from steerheal.texts import Text, encode_prompts
 
 STATS = ("p95", "mean", "rmse", "max")
 METHODS = ("illinois", "bisect")
@@ -79,7 +79,7 @@ def build_probe(
     batch_size: int = 16,
 ) -> Probe:
     """Generate each prompt's greedy continuation once, and lay out the positions that score it."""
-    prompt_ids = [e.ids for e in encode(tok, prompts, 10**9, what="prompts")]
+    prompt_ids = encode_prompts(tok, prompts)
     continuations = sample(model, tok, prompts, temperature=0, max_new_tokens=n_tokens, batch_size=batch_size)
     items = completion_batches(tok, prompt_ids, continuations, batch_size)
     n_scored = int(sum(item.scored.sum() for item in items))

@@ -126,11 +126,7 @@ def _batch(prompts: Sequence[tuple[int, ...]], completions: Sequence[tuple[int, 
     """Left-padded prompt + completion ids and the completion mask aligned with them (pad id 0: masked)."""
     items = [Encoded(p + c, len(p), tuple(True for _ in p + c)) for p, c in zip(prompts, completions, strict=True)]
     batch = left_pad(items, pad_id=0)
-    width = batch.input_ids.shape[1]
-    mask = torch.zeros_like(batch.input_ids, dtype=torch.bool)
-    for row, item in enumerate(items):
-        mask[row, width - len(item.ids) + item.prompt_len :] = True
-    return batch, mask
+    return batch, batch.completion_mask()
 
 
 @dataclass

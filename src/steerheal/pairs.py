@@ -25,7 +25,7 @@ from steerheal.files import atomic_write_bytes
 from steerheal.filters import FilterConfig, text_reasons
 from steerheal.generate import sample, stop_ids
 from steerheal.scoring import completion_token_logprobs
-from steerheal.texts import encode
+from steerheal.texts import encode_prompts
 from steerheal.vector import Vector
 
 FORMAT_VERSION = 1
@@ -150,7 +150,7 @@ def make_pairs(
         raise SteerhealError("make_pairs: prompts is empty")
     stops = stop_ids(model, tok)
     logger.info(f"pair filters in force: {filters.to_dict()}")
-    prompt_ids = [list(e.ids) for e in encode(tok, prompts, 10**9, what="prompts")]
+    prompt_ids = encode_prompts(tok, prompts)
     kwargs = dict(
         seed=seed,
         temperature=sampling.temperature,

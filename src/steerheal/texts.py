@@ -52,6 +52,10 @@ class Batch:
             )
         )
 
+    def completion_mask(self) -> Bool[Tensor, "batch seq"]:
+        """True at every column after a row's prompt: its completion tokens (none for a plain text)."""
+        return torch.arange(self.input_ids.shape[1], device=self.prompt_end.device) > self.prompt_end[:, None]
+
 
 def require_pad_token(tok: PreTrainedTokenizerBase) -> int:
     if tok.pad_token_id is None:
@@ -90,6 +94,11 @@ def encode(tok: PreTrainedTokenizerBase, texts: Sequence[Text], max_len: int, wh
             )
         out.append(Encoded(tuple(ids), prompt_len, tuple(t not in special for t in ids)))
     return out
+
+
+def encode_prompts(tok: PreTrainedTokenizerBase, prompts: Sequence[str], what: str = "prompts") -> list[list[int]]:
+    """Each prompt's ids, tokenised as `encode` does (the model's context is checked where they are used)."""
+    return [list(e.ids) for e in encode(tok, prompts, 10**9, what=what)]
 
 
 def encode_ids(tok: PreTrainedTokenizerBase, prompt_ids: Sequence[int], completion_ids: Sequence[int]) -> Encoded:

@@ -41,7 +41,7 @@ from steerheal.generate import decode, sample
 from steerheal.losses import token_kl
 from steerheal.scoring import completion_batches, completion_token_logprobs, scored_log_probs
 from steerheal.steering import steering_active
-from steerheal.texts import encode
+from steerheal.texts import encode_prompts
 from steerheal.toyworld.metrics import distinct_n
 from steerheal.vector import Vector
 
@@ -117,7 +117,7 @@ def kl_tail(
     batch_size: int,
 ) -> float:
     """p95 of per-token KL(student ‖ base), scored on the base's greedy continuations of the prompts."""
-    prompt_ids = [list(e.ids) for e in encode(tok, prompts, 10**9, what="prompts")]
+    prompt_ids = encode_prompts(tok, prompts)
     with adapter.reference("base"):
         continuations = sample(model, tok, prompts, temperature=0, max_new_tokens=n_tokens, batch_size=batch_size)
     items = completion_batches(tok, prompt_ids, continuations, batch_size)
@@ -137,7 +137,7 @@ def perplexity_under_base(
     generations: Generations,
     batch_size: int,
 ) -> float:
-    prompt_ids = [list(e.ids) for e in encode(tok, prompts, 10**9, what="prompts")]
+    prompt_ids = encode_prompts(tok, prompts)
     rows = [(p, c) for p, c in zip(prompt_ids, generations.ids, strict=True) if c]
     if not rows:
         return math.inf
