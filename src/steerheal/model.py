@@ -138,13 +138,13 @@ def mlp_write_directions(model: nn.Module, layer: int) -> Float[Tensor, "neurons
     weight = getattr(module, "weight", None)
     if weight is None:
         raise SteerhealError(f"block {layer} of {type(inner).__name__} has no weight at {path!r}")
-    if getattr(weight, "quant_state", None) is not None:  # bitsandbytes 4-bit
-        import bitsandbytes.functional as bnbf
-
-        weight = bnbf.dequantize_4bit(weight.data, weight.quant_state)
-    elif weight.dtype == torch.int8 and getattr(weight, "SCB", None) is not None:  # bitsandbytes 8-bit, row scales
+    if weight.dtype == torch.int8 and getattr(weight, "SCB", None) is not None:  # bitsandbytes 8-bit, row scales
         weight = weight.data.float() * weight.SCB.float()[:, None] / 127
-    elif not weight.dtype.is_floating_point:
+    elif getattr(weight, "quant_state", None) is not None or weight.dtype.is_floating_point:
+        from steerheal.dequant import dense_weight  # 4-bit in both of bitsandbytes' layouts, or a plain cast
+
+        weight = dense_weight(weight, f"the MLP output weight of block {layer}")
+    else:
         raise SteerhealError(
             f"the MLP output weight of block {layer} is stored as {weight.dtype} in a layout steerheal cannot "
             "de-quantise; load the model unquantised (or in 4-bit or 8-bit bitsandbytes) for the quality report"
