@@ -8,6 +8,7 @@ plotly.js (it works offline); the PNG is drawn by matplotlib (plotly's PNG expor
 from __future__ import annotations
 
 import html
+import io
 import math
 from pathlib import Path
 from typing import Any
@@ -168,10 +169,10 @@ def _png(df: pl.DataFrame, path: Path) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
     plt.close(fig)
-    tmp.replace(path)
+    atomic_write_bytes(path, png.getvalue())
 
 
 def build(directory: str | Path) -> dict[str, Path]:
