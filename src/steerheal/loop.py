@@ -25,14 +25,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from steerheal.adapter import GatedLoRA
 from steerheal.concepts import Concept, build_concept
 from steerheal.errors import SteerhealError
-from steerheal.files import atomic_write_bytes, atomic_write_json
+from steerheal.files import atomic_write_bytes, atomic_write_json, read_json
 from steerheal.filters import FilterConfig
 from steerheal.heal import heal
 from steerheal.losses import lam_schedule
 from steerheal.model_spec import check_spec, open_model
 from steerheal.pairs import dose_walk, walk_and_pair, write_pairs
 from steerheal.runconfig import RunConfig
-from steerheal.rundir import RunDir, open_existing
+from steerheal.rundir import CONFIG, RunDir, open_existing
 from steerheal.seeds import derived_seed
 from steerheal.vector import Vector
 from steerheal.verify import Reference, build_reference, verify_round
@@ -129,6 +129,11 @@ class Loop:
         self.adapter, self.concept = adapter, concept
         self.reference: Reference | None = None
 
+    @property
+    def reference_seed(self) -> int:
+        """The seed of the held-out generations every round is judged on (the same in every round)."""
+        return round_seed(self.config.seed, -1)
+
     def _reference(self, teacher: Vector) -> Reference:
         if self.reference is None:
             c = self.config
@@ -138,11 +143,29 @@ class Loop:
                 self.tok,
                 self.concept,
                 teacher,
-                round_seed(c.seed, -1),
+                self.reference_seed,
                 c.verify.max_new_tokens,
                 c.sampling.batch_size,
             )
         return self.reference
+
+    def verify(self) -> tuple[dict[str, Any], list[dict[str, str]]]:
+        """(metrics, samples) of the student as it is now, against the round-0 reference."""
+        c = self.config
+        reference = self.reference if self.reference is not None else self._reference(self._teacher0())
+        return verify_round(
+            self.model,
+            self.adapter,
+            self.tok,
+            self.concept,
+            reference,
+            self.reference_seed,
+            c.verify.max_new_tokens,
+            c.sampling.batch_size,
+            c.dose.n_tokens,
+            c.verify.retain_floor,
+            c.verify.n_samples,
+        )
 
     def _teacher0(self) -> Vector:
         """Round 0's vector with the dose its pairs were made at: the fixed steered reference."""
@@ -224,19 +247,7 @@ class Loop:
         )
         result = heal(model, adapter, pairs, heal_config, events=lambda e: self.run.log(e))
         adapter.fold()
-        metrics, samples = verify_round(
-            model,
-            adapter,
-            tok,
-            concept,
-            self.reference,
-            round_seed(c.seed, -1),  # type: ignore[arg-type]
-            c.verify.max_new_tokens,
-            c.sampling.batch_size,
-            d.n_tokens,
-            c.verify.retain_floor,
-            c.verify.n_samples,
-        )
+        metrics, samples = self.verify()
         metrics["dose"] = dose
         metrics["heal"] = {
             "lam": lam,
@@ -331,15 +342,17 @@ def run(config: RunConfig, overwrite: bool = False, resume: bool = False) -> Run
         }
     )
     adapter = GatedLoRA.load(model, run_dir.round_dir(done[-1]) / "adapter") if done else _attach(config, model)
-    previous = json.loads((run_dir.round_dir(done[-1]) / "metrics.json").read_text()) if done else None
+    previous = read_json(run_dir.round_dir(done[-1]) / "metrics.json", f"run {run_dir.root}") if done else None
     loop = Loop(config, run_dir, model, tok, adapter, concept)
     result = loop.rounds(len(done), previous)
     result.rounds = run_dir.complete_rounds()
     return result
 
 
-def load_run(directory: str | Path, round: int = -1) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, GatedLoRA]:
-    """The base model with the gated adapter as it was after round `round` (-1: the last complete one)."""
+def _open_saved(
+    directory: str | Path, round: int
+) -> tuple[RunDir, RunConfig, PreTrainedModel, PreTrainedTokenizerBase, GatedLoRA]:
+    """A saved run's directory, its configuration, and the base model with the adapter after `round`."""
     root = Path(directory)
     run_dir = open_existing(root)
     done = run_dir.complete_rounds()
@@ -348,32 +361,21 @@ def load_run(directory: str | Path, round: int = -1) -> tuple[PreTrainedModel, P
     k = done[round] if -len(done) <= round < len(done) else None
     if k is None:
         raise SteerhealError(f"run {root} has rounds {done}; round={round} is not one of them")
-    config = RunConfig.from_dict(json.loads((root / "config.json").read_text()))
+    config = RunConfig.from_dict(read_json(root / CONFIG, f"run {root}"))
     model, tok = open_model(config.model, config.quant, config.device, config.seed)
     adapter = GatedLoRA.load(model, run_dir.round_dir(k) / "adapter")
+    return run_dir, config, model, tok, adapter
+
+
+def load_run(directory: str | Path, round: int = -1) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, GatedLoRA]:
+    """The base model with the gated adapter as it was after round `round` (-1: the last complete one)."""
+    _, _, model, tok, adapter = _open_saved(directory, round)
     return model, tok, adapter
 
 
 def verify_saved(directory: str | Path, round: int = -1) -> dict[str, Any]:
     """Re-run the verification of a saved round (deterministic: it reproduces the round's metrics.json)."""
-    model, tok, adapter = load_run(directory, round)
-    root = Path(directory)
-    run_dir = open_existing(root)
-    config = RunConfig.from_dict(json.loads((root / "config.json").read_text()))
-    concept = build_concept(config, tok, root)
-    loop = Loop(config, run_dir, model, tok, adapter, concept)
-    reference = loop._reference(loop._teacher0())
-    metrics, _ = verify_round(
-        model,
-        adapter,
-        tok,
-        concept,
-        reference,
-        round_seed(config.seed, -1),
-        config.verify.max_new_tokens,
-        config.sampling.batch_size,
-        config.dose.n_tokens,
-        config.verify.retain_floor,
-        config.verify.n_samples,
-    )
+    run_dir, config, model, tok, adapter = _open_saved(directory, round)
+    concept = build_concept(config, tok, run_dir.root)
+    metrics, _ = Loop(config, run_dir, model, tok, adapter, concept).verify()
     return defined(metrics)
