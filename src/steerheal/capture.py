@@ -28,7 +28,8 @@ from steerheal.errors import SteerhealError
 from steerheal.model import context_length, decoder_layers, hidden_size, n_layers, unwrap
 from steerheal.texts import Batch, Text, encode, left_pad, length_sorted_batches, require_pad_token
 
-POSITIONS: tuple[str, ...] = ("last", "prompt_end", "mean", "all")
+POOLED: tuple[str, ...] = ("last", "prompt_end", "mean")  # one vector per text
+POSITIONS: tuple[str, ...] = (*POOLED, "all")
 
 
 class _StopForward(Exception):
@@ -66,14 +67,16 @@ def check_fits(model: nn.Module, kind: str, hidden: int, layers: Sequence[int]) 
     check_layers(model, layers)
 
 
-def check_position(position: str, allowed: Sequence[str] = POSITIONS) -> None:
-    if position not in allowed:
-        raise SteerhealError(f"position={position!r}: use one of {list(allowed)}")
+def check_position(position: str) -> None:
+    """A pooled position (`all` is read by `capture_tokens` and the readouts' `subspace`, not here)."""
+    if position not in POOLED:
+        raise SteerhealError(f"position={position!r}: use one of {list(POOLED)}")
 
 
 @contextmanager
-def recording(model: nn.Module, layers: Sequence[int], stop: bool = True) -> Iterator[dict[int, Tensor]]:
-    """Forward hooks that put each listed block's output hidden state into the yielded dict."""
+def recording(model: nn.Module, layers: Sequence[int]) -> Iterator[dict[int, Tensor]]:
+    """Forward hooks that put each listed block's output hidden state into the yielded dict, and stop the
+    forward pass after the deepest (`_StopForward`)."""
     blocks = decoder_layers(model)
     store: dict[int, Tensor] = {}
     deepest = max(layers)
@@ -82,7 +85,7 @@ def recording(model: nn.Module, layers: Sequence[int], stop: bool = True) -> Ite
     def make_hook(layer: int) -> Any:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             store[layer] = block_hidden(output)
-            if stop and layer == deepest:
+            if layer == deepest:
                 raise _StopForward
 
         return hook
@@ -156,7 +159,7 @@ def capture(
     what: str = "texts",
 ) -> dict[int, Float[Tensor, "n hidden"]]:
     """Pooled activations `{layer: [len(texts), hidden]}` (float32, CPU) at `last`, `prompt_end` or `mean`."""
-    check_position(position, ("last", "prompt_end", "mean"))
+    check_position(position)
     layers = check_layers(model, layers)
     unique, inverse = _unique(texts, what)
     out: dict[int, Tensor] = {}

@@ -70,7 +70,7 @@ def resolve_position(method: str, position: str | None) -> str:
             )
         return "all"
     position = "mean" if position is None else position
-    check_position(position, ("last", "prompt_end", "mean"))
+    check_position(position)
     return position
 
 
@@ -105,7 +105,6 @@ def read_corpus(
     position: str,
     batch_size: int = 8,
     progress: bool | None = None,
-    rank: int = SUBSPACE_RANK,
 ) -> CorpusActivations:
     """Forward every unique text of the corpus once; `position="all"` also keeps each text's SVD basis."""
     layers = check_layers(model, layers)
@@ -117,7 +116,7 @@ def read_corpus(
         tok,
         list(corpus.texts),
         layers,
-        lambda tokens: (tokens.mean(0), text_basis(tokens, rank)),
+        lambda tokens: (tokens.mean(0), text_basis(tokens, SUBSPACE_RANK)),
         batch_size,
         progress,
         what="corpus",

@@ -100,7 +100,7 @@ class Vector:
         if len(pos) == 0 or len(neg) == 0:
             raise SteerhealError(f"Vector.train needs positive and negative texts; got {len(pos)} pos, {len(neg)} neg")
         check_method(method, len(pos), len(neg))
-        check_position(position, ("last", "prompt_end", "mean"))
+        check_position(position)
         layers = check_layers(model, default_layers(model) if layers is None else layers)
         acts = capture(model, tok, [*pos, *neg], layers, position, batch_size, progress, what="pos+neg")
         directions, norms = {}, {}
