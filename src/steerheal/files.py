@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from steerheal.errors import SteerhealError
 
@@ -40,16 +40,23 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def atomic_save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """safetensors written to a temporary name first, then renamed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    """safetensors bytes written atomically (`atomic_write_bytes`); the files steerheal writes are small."""
+    data = save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+    atomic_write_bytes(path, data)
+
+
+def load_safetensors(path: Path, what: str, missing: str) -> dict[str, torch.Tensor]:
+    """The tensors of `path`; a missing file (`missing` says why it may be) and a corrupted or truncated one
+    are errors naming it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise SteerhealError(f"{what}: {path} is missing ({missing})")
     try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise SteerhealError(f"{what}: {path} is corrupted or truncated ({err}); save it again") from err
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:
@@ -71,9 +78,6 @@ def read_tensor_folder(
     """(metadata, tensors) of a folder that `saver` wrote: a JSON and a safetensors file. A missing folder or
     file, invalid JSON, an unknown format_version and a corrupted or truncated safetensors file are errors
     naming the file."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     if not directory.is_dir():
         raise SteerhealError(f"{what}: no such folder (expected {meta_file} and {tensor_file} from {saver})")
     meta = read_json(directory / meta_file, what)
@@ -83,14 +87,7 @@ def read_tensor_folder(
             f"{what}: format_version {version!r} is not one this steerheal reads ({format_version}); "
             "re-save it with a matching steerheal version"
         )
-    tensor_path = directory / tensor_file
-    if not tensor_path.is_file():
-        raise SteerhealError(f"{what}: {tensor_file} is missing (it was not saved completely)")
-    try:
-        tensors = load_file(tensor_path)
-    except (SafetensorError, OSError, ValueError) as err:
-        raise SteerhealError(f"{what}: {tensor_file} is corrupted or truncated ({err}); re-save it") from err
-    return meta, tensors
+    return meta, load_safetensors(directory / tensor_file, what, "it was not saved completely")
 
 
 def check_finite(values: dict[str, torch.Tensor] | dict[str, float], what: str) -> None:

@@ -12,8 +12,7 @@ from typing import Any
 
 from torch import Tensor
 
-from steerheal.errors import SteerhealError
-from steerheal.files import atomic_save_safetensors, atomic_write_json, read_json
+from steerheal.files import atomic_save_safetensors, atomic_write_json, load_safetensors, read_json
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -37,16 +36,7 @@ def write_adapter(folder: Path, config: Any, tensors: dict[str, Tensor]) -> None
 
 def read_weights(folder: Path, what: str) -> dict[str, Tensor]:
     """The tensors of a peft adapter folder, with errors that name the folder."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = folder / WEIGHTS_FILE
-    if not path.is_file():
-        raise SteerhealError(f"{what}: {path} is missing (the adapter was not saved completely)")
-    try:
-        return load_file(path)
-    except (SafetensorError, OSError, ValueError) as err:
-        raise SteerhealError(f"{what}: {path} is corrupted or truncated ({err}); save it again") from err
+    return load_safetensors(folder / WEIGHTS_FILE, what, "the adapter was not saved completely")
 
 
 def read_config(folder: Path, what: str) -> dict[str, Any]:
