@@ -430,8 +430,6 @@ class GatedLoRA:
                 "bake: the base is 8-bit; steerheal de-quantises only 4-bit bases. Load the base unquantised (or in "
                 "4-bit), GatedLoRA.load the saved rounds onto it, and bake that."
             )
-        if not dtype.is_floating_point:
-            raise SteerhealError(f"bake dtype={dtype} is not a floating-point dtype; use torch.float32 (the default)")
         parts = self._contributing(history, current, "bake")
         deltas = self._deltas(parts)
         if not deltas:
