@@ -133,6 +133,19 @@ def _config(arch: str, n_layers: int, hidden: int, init_range: float, tok: PreTr
 TINY_ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "gpt_neox", "gpt2")
 
 
+def seeded_model(config: PretrainedConfig, seed: int, name: str, pad_token_id: int) -> PreTrainedModel:
+    """A float32 causal LM with weights drawn from `seed` (the global RNG is left as it was), named `name`."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.config._name_or_path = name
+    model.config.architectures = [type(model).__name__]
+    model.generation_config.pad_token_id = pad_token_id
+    return model
+
+
 def tiny_model(
     arch: str,
     seed: int = 0,
@@ -145,8 +158,6 @@ def tiny_model(
     Save it with `model.save_pretrained(d); tok.save_pretrained(d)` and it loads back through
     `load_model(d)` like any checkpoint.
     """
-    from transformers import AutoModelForCausalLM
-
     if arch not in TINY_ARCHS:
         raise SteerhealError(f"tiny_model: unknown arch {arch!r}; choose one of {list(TINY_ARCHS)}")
     if n_layers < 4:
@@ -155,12 +166,7 @@ def tiny_model(
         raise SteerhealError(f"tiny_model: hidden_size={hidden_size} must be a multiple of 32 (heads of 16)")
     tok = tiny_tokenizer()
     config: PretrainedConfig = _config(arch, n_layers, hidden_size, init_range, tok)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.config._name_or_path = f"tiny-{arch}-seed{seed}-L{n_layers}-d{hidden_size}"
-    model.config.architectures = [type(model).__name__]
-    model.generation_config.pad_token_id = tok.pad_token_id
+    model = seeded_model(config, seed, f"tiny-{arch}-seed{seed}-L{n_layers}-d{hidden_size}", tok.pad_token_id)
     model.eval()
     use_broadcast_mask(model)
     return model, tok

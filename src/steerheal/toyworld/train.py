@@ -21,6 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 from steerheal.files import atomic_write_json, provenance
 from steerheal.model import fingerprint
 from steerheal.texts import Encoded, left_pad
+from steerheal.tiny import seeded_model
 from steerheal.toyworld.tokenizer import CONTEXT, build_tokenizer
 from steerheal.toyworld.world import Dialogue, heldout_dialogues, training_dialogues
 
@@ -65,7 +66,7 @@ def _loss(model: PreTrainedModel, items: list[Encoded], pad_id: int) -> torch.Te
 
 
 def build_model(config: TrainConfig, tok: PreTrainedTokenizerFast) -> PreTrainedModel:
-    from transformers import AutoModelForCausalLM, LlamaConfig
+    from transformers import LlamaConfig
 
     llama = LlamaConfig(
         vocab_size=len(tok),
@@ -80,13 +81,7 @@ def build_model(config: TrainConfig, tok: PreTrainedTokenizerFast) -> PreTrained
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        model = AutoModelForCausalLM.from_config(llama, dtype=torch.float32)
-    model.config._name_or_path = CHECKPOINT_NAME
-    model.config.architectures = [type(model).__name__]
-    model.generation_config.pad_token_id = tok.pad_token_id
-    return model
+    return seeded_model(llama, config.seed, CHECKPOINT_NAME, tok.pad_token_id)
 
 
 def train(
