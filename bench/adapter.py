@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 import steerheal as sh
-from steerheal.adapter import GatedLoRA
+from steerheal.adapter.gated import GatedLoRA
 
 REPEATS = 5
 FORWARDS = 10

@@ -47,8 +47,8 @@ def memory_variant(variant: str) -> None:
     """Run inside a fresh process: print {"baseline": bytes, "peak": bytes, "ok": bool}."""
     resource.setrlimit(resource.RLIMIT_AS, (LIMIT_BYTES, LIMIT_BYTES))
     torch.set_num_threads(1)
-    from steerheal.bounded import HeadParts, completion_positions, gather, per_sequence, token_scores
-    from steerheal.losses import aggregate_kl, barrier, kl_barrier
+    from steerheal.training.bounded import HeadParts, completion_positions, gather, per_sequence, token_scores
+    from steerheal.training.losses import aggregate_kl, barrier, kl_barrier
 
     # One-time costs are paid on a small problem before the baseline, by both paths alike: the autograd
     # engine's threads and arenas, and the code pages of every kernel either path uses (VmHWM counts them).
@@ -126,8 +126,8 @@ def memory() -> None:
 
 def speed() -> None:
     import steerheal as sh
-    from steerheal.bounded import completion_positions, final_hidden, gather, head_parts, token_scores
-    from steerheal.heal import HealConfig, _batch, _Example, _Round
+    from steerheal.training.bounded import completion_positions, final_hidden, gather, head_parts, token_scores
+    from steerheal.training.heal import HealConfig, _batch, _Example, _Round
     from steerheal.toyworld import world
     from steerheal.toyworld.load import chat_prompts
 

@@ -13,8 +13,8 @@ import sys
 import torch
 
 import steerheal as sh
-from steerheal.capture import residual_norm
-from steerheal.vector import default_layers
+from steerheal.read.capture import residual_norm
+from steerheal.read.vector import default_layers
 
 RANGES = (0.02, 0.1, 0.2, 0.3, 0.4)
 MULTIPLES = (0.5, 1.0, 2.0, 4.0)

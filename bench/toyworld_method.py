@@ -23,15 +23,15 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from steerheal.loop import run
-from steerheal.report import markdown, table
-from steerheal.runconfig import preset
-from steerheal.rundir import open_existing
+from steerheal.loop.rounds import run
+from steerheal.loop.report import markdown, table
+from steerheal.loop.runconfig import preset
+from steerheal.loop.rundir import open_existing
 
 SEEDS = (0, 1, 2)
 ROUNDS = 3
 RUNS = Path("runs/bench-toyworld")
-METRICS = (  # columns of the run report's table (steerheal.report.table), summarised over seeds
+METRICS = (  # columns of the run report's table (steerheal.loop.report.table), summarised over seeds
     "mood base",
     "mood steered",
     "mood student",

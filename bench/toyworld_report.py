@@ -12,7 +12,7 @@ import polars as pl
 import torch
 
 import steerheal as sh
-from steerheal.report import markdown
+from steerheal.loop.report import markdown
 from steerheal.toyworld import checkpoint_dir
 from steerheal.toyworld import report as R
 

@@ -16,8 +16,8 @@ from transformers import AutoModelForCausalLM
 
 import steerheal as sh
 from conftest import tiny
-from steerheal.adapter import GatedLoRA
-from steerheal.steering import add_to_residual
+from steerheal.adapter.gated import GatedLoRA
+from steerheal.read.steering import add_to_residual
 
 ARCHS = ["llama", "qwen3", "gemma3", "gpt2", "toyworld"]
 # float32 rounding of differently ordered sums: the logits of these models reach about |10| (one ulp ~1e-6),
@@ -291,7 +291,7 @@ def test_4bit_base_gate0_bake_and_precision_warning(tmp_path, logs):
 def test_cpu_packed_4bit_layout_is_read_with_its_bf16_scales(tmp_path):
     import bitsandbytes.functional as bnbf
 
-    from steerheal.dequant import _dequantize_cpu_packed
+    from steerheal.lm.dequant import _dequantize_cpu_packed
 
     original, tok = tiny("llama")
     original.save_pretrained(tmp_path)

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import steerheal as sh
-from steerheal.aggregate import METHODS, direction
+from steerheal.read.aggregate import METHODS, direction
 
 HIDDEN = 64
 
@@ -153,7 +153,7 @@ def test_shapes_are_checked_under_beartype():
 
     with pytest.raises(TypeCheckError):
         direction("mean_diff", torch.zeros(3, 4), torch.zeros(2, 5))
-    from steerheal.generate import _next_tokens
+    from steerheal.lm.generate import _next_tokens
 
     logits = torch.tensor([[0.0, 3.0, 1.0]])
     assert _next_tokens(logits, 0, 1, [torch.Generator()]).tolist() == [1]  # int temperature and top_p
@@ -193,7 +193,7 @@ def _reference_subspace(pos_tokens, neg_tokens, rank, k):
 def test_subspace_matches_an_explicit_projector_computation_and_recovers_a_planted_direction():
     # measured cosines with the planted u: rank 2 k 1 0.978, rank 4 k 3 0.913, rank 4 k 64 0.829 (mean_diff
     # of the text means 0.875: the concept varies within each text, which the subspace method sees)
-    from steerheal.aggregate import SPECTRUM_SIZE, subspace, text_basis
+    from steerheal.read.aggregate import SPECTRUM_SIZE, subspace, text_basis
 
     g = torch.Generator().manual_seed(7)
     u = torch.nn.functional.normalize(torch.randn(HIDDEN, generator=g), dim=0)

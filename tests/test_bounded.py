@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import steerheal as sh
-from steerheal.bounded import (
+from steerheal.training.bounded import (
     completion_positions,
     final_hidden,
     gather,
@@ -15,8 +15,8 @@ from steerheal.bounded import (
     sequence_sums,
     token_scores,
 )
-from steerheal.losses import aggregate_kl, barrier, kl_barrier, sequence_logprobs, sft_nll
-from steerheal.texts import encode, left_pad
+from steerheal.training.losses import aggregate_kl, barrier, kl_barrier, sequence_logprobs, sft_nll
+from steerheal.lm.texts import encode, left_pad
 
 TEXTS = [
     ("<|bos|><|user|>Tell me about the harbour.<|end|><|assistant|>", "The boats knocked against the pier.<|end|>"),
@@ -114,7 +114,7 @@ def test_no_vocabulary_wide_tensor_beyond_one_chunk_is_kept_for_backward():
 @pytest.mark.parametrize("cap", [None, 3.0])
 def test_fused_chunk_gradients_match_finite_differences(direction, cap):
     """The closed-form backward of the fused head against numerical gradients, in float64."""
-    from steerheal.bounded import HeadParts
+    from steerheal.training.bounded import HeadParts
 
     g = torch.Generator().manual_seed(7)
     n, hidden, vocab = 5, 4, 9

@@ -7,7 +7,7 @@ import torch
 
 import steerheal as sh
 from conftest import tiny
-from steerheal.calibrate import MAX_EVALS, build_probe, kl_values, search, statistic
+from steerheal.dose.calibrate import MAX_EVALS, build_probe, kl_values, search, statistic
 from steerheal.toyworld import world
 from steerheal.toyworld.load import chat_prompts
 

@@ -7,7 +7,7 @@ import torch
 
 import steerheal as sh
 from conftest import tiny
-from steerheal.texts import encode, left_pad
+from steerheal.lm.texts import encode, left_pad
 
 TEXTS = [
     "The cat sat on the mat.",

@@ -10,7 +10,7 @@ import pytest
 
 import steerheal as sh
 from steerheal.cli import main
-from steerheal.rundir import open_existing
+from steerheal.loop.rundir import open_existing
 
 
 def test_help_lists_every_command_and_run_help_shows_presets():

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 import steerheal as sh
-from steerheal.filters import FilterConfig, is_degenerate, ngram_repetition, text_reasons, zlib_ratio
-from steerheal.pairs import completion_checks
-from steerheal.texts import encode
+from steerheal.dose.filters import FilterConfig, is_degenerate, ngram_repetition, text_reasons, zlib_ratio
+from steerheal.dose.pairs import completion_checks
+from steerheal.lm.texts import encode
 
 FIXTURES = json.loads((Path(__file__).parent / "fixtures" / "filters.json").read_text())
 ONLY = {  # each filter alone, so a fixture is judged by its own filter

@@ -7,8 +7,8 @@ import torch
 
 import steerheal as sh
 from conftest import tiny
-from steerheal.generate import decode, sample
-from steerheal.texts import encode, left_pad
+from steerheal.lm.generate import decode, sample
+from steerheal.lm.texts import encode, left_pad
 
 PROMPTS = ["The harbour at noon", "A ferry left the harbour at noon, and gulls", "Rain."]
 
@@ -65,7 +65,7 @@ def test_sample_bad_input():
 
 def test_completions_stop_at_any_token_the_model_declares():
     """Chat models end a turn with their own token (gemma-3-it: <end_of_turn>), listed in generation_config."""
-    from steerheal.generate import stop_ids
+    from steerheal.lm.generate import stop_ids
 
     model, tok = sh.tiny_model("llama", seed=6)
     free = sample(model, tok, PROMPTS, temperature=0, max_new_tokens=12)

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 import steerheal as sh
-from steerheal import report
-from steerheal.loop import _stop, load_run, run, verify_saved
-from steerheal.runconfig import RunConfig, preset
-from steerheal.rundir import open_existing
+from steerheal.loop import report
+from steerheal.loop.rounds import _stop, load_run, run, verify_saved
+from steerheal.loop.runconfig import RunConfig, preset
+from steerheal.loop.rundir import open_existing
 
 
 def _flat(value, prefix=""):
@@ -188,7 +188,7 @@ def test_a_round_that_cannot_be_made_ends_the_run_with_a_record(tmp_path):
 
 
 def test_resume_drops_an_event_line_a_kill_cut_short(tmp_path):
-    from steerheal.rundir import RunDir
+    from steerheal.loop.rundir import RunDir
 
     run_dir = RunDir.create(tmp_path / "r", {"a": 1}, 0, overwrite=False)
     run_dir.log({"event": "x"})

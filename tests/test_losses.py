@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import steerheal as sh
-from steerheal.losses import (
+from steerheal.training.losses import (
     aggregate_kl,
     dpo_loss,
     kl_barrier,

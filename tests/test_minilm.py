@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 import steerheal as sh
-from steerheal.readout import CorpusActivations, read_corpus
-from steerheal.texts import encode
+from steerheal.read.readout import CorpusActivations, read_corpus
+from steerheal.lm.texts import encode
 
 # sha256 of model.safetensors of sentence-transformers/all-MiniLM-L6-v2 (its hub LFS object id)
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
@@ -66,7 +66,7 @@ def test_encoder_loads_and_capture_equals_hidden_states_at_every_block():
 
 def _heldout(acts: CorpusActivations, corpus: sh.Corpus, method: str, seeds=(0, 1, 2)):
     """Per concept, the held-out AUROC and top-1 averaged over layers and seeded splits."""
-    from steerheal.quality import heldout_scores
+    from steerheal.read.quality import heldout_scores
 
     sums: dict[str, list[float]] = {c: [0.0, 0.0] for c in corpus.concepts}
     count = 0
@@ -104,7 +104,7 @@ def test_minilm_reads_the_emotions_corpus_on_held_out_texts(capsys):
         assert sum(aurocs) / k >= floor, (method, sum(aurocs) / k)
         assert sum(a >= 0.7 for a in aurocs) >= 0.7 * k, f"{method}: most concepts well above chance"
         assert sum(top1) / k >= 4 / k, (method, sum(top1) / k)
-    from steerheal.quality import quality
+    from steerheal.read.quality import quality
 
     ro = sh.Readout.fit(pooled, corpus, "mean_diff", sh.fingerprint(model))
     report = quality(ro, model, tok, corpus, show=False, acts=pooled)  # BERT's MLP columns: output.dense

@@ -6,8 +6,8 @@ import pytest
 
 import steerheal as sh
 from conftest import tiny
-from steerheal.filters import FilterConfig
-from steerheal.pairs import (
+from steerheal.dose.filters import FilterConfig
+from steerheal.dose.pairs import (
     SamplingConfig,
     completion_checks,
     dose_walk,
@@ -16,7 +16,7 @@ from steerheal.pairs import (
     walk_and_pair,
     write_pairs,
 )
-from steerheal.texts import encode
+from steerheal.lm.texts import encode
 from steerheal.toyworld import world
 from steerheal.toyworld.load import chat_prompts
 

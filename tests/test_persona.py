@@ -6,8 +6,8 @@ import pytest
 
 import steerheal as sh
 from conftest import tiny
-from steerheal.persona import persona_contrast
-from steerheal.tiny import tiny_tokenizer
+from steerheal.read.persona import persona_contrast
+from steerheal.lm.tiny import tiny_tokenizer
 
 PROMPTS = ["Tell me about the harbour.", "Describe a garden."]
 NO_SYSTEM_TEMPLATE = (

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 import steerheal as sh
 from conftest import tiny
-from steerheal.readout import CorpusActivations, read_corpus
+from steerheal.read.readout import CorpusActivations, read_corpus
 from steerheal.toyworld import world
 from steerheal.toyworld.load import chat_prompts
 
@@ -73,7 +73,7 @@ def test_one_capture_pass_serves_every_concept_and_equals_vector_train(corpus):
 
 @pytest.mark.parametrize("method", ["mean_diff", "pca", "logistic", "logistic_l1", "subspace"])
 def test_every_method_reads_the_toyworld_moods_on_held_out_texts(corpus, toy_acts, method):
-    from steerheal.quality import heldout_scores
+    from steerheal.read.quality import heldout_scores
 
     acts = toy_acts if method == "subspace" else CorpusActivations(toy_acts.texts, "mean", toy_acts.pooled)
     if method.startswith("logistic"):  # cross-validated fits on separable data are slow: two moods suffice
@@ -92,8 +92,8 @@ def test_every_method_reads_the_toyworld_moods_on_held_out_texts(corpus, toy_act
 
 
 def test_pca_on_a_corpus_pairs_round_robin_and_uses_every_text(corpus, toy_acts):
-    from steerheal.aggregate import direction
-    from steerheal.readout import _round_robin
+    from steerheal.read.aggregate import direction
+    from steerheal.read.readout import _round_robin
 
     pos, neg = torch.arange(3.0)[:, None], torch.arange(10.0, 17.0)[:, None]
     paired_pos, paired_neg = _round_robin(pos, neg)
@@ -129,7 +129,7 @@ def test_quality_report_table_json_and_triage(corpus, toy_acts, tmp_path, capsys
     printed = capsys.readouterr().out
     assert "readout quality: 4 concepts, method subspace" in printed and "layer 2:" in printed
     # the ridge figure: a concept that is a combination of others is redundant, independent ones are not
-    from steerheal.quality import _ridge
+    from steerheal.read.quality import _ridge
 
     rows = ro.vectors[2]
     mixed = torch.nn.functional.normalize(rows[0] + rows[1], dim=0)

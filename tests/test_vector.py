@@ -10,8 +10,8 @@ from safetensors.torch import save_file
 
 import steerheal as sh
 from conftest import tiny
-from steerheal.steering import steering_active
-from steerheal.vector import default_layers
+from steerheal.read.steering import steering_active
+from steerheal.read.vector import default_layers
 
 SETTINGS = ["garden", "kitchen", "harbour", "office", "library", "station"]
 POS = [f"What a lovely {w}, I am so happy here." for w in SETTINGS]

@@ -26,26 +26,26 @@ def _shape_checked() -> AbstractContextManager[object]:
 
 
 with _shape_checked():
-    from steerheal import monitor as _monitor  # noqa: F401 (imported to be shape-checked)
-    from steerheal import quality as _quality  # noqa: F401 (imported to be shape-checked)
+    from steerheal.read import monitor as _monitor  # noqa: F401 (imported to be shape-checked)
+    from steerheal.read import quality as _quality  # noqa: F401 (imported to be shape-checked)
     from steerheal import toyworld
-    from steerheal.adapter import GatedLoRA
-    from steerheal.capture import capture, capture_tokens
-    from steerheal.corpus import Corpus, Persona, load_personas
+    from steerheal.adapter.gated import GatedLoRA
+    from steerheal.read.capture import capture, capture_tokens
+    from steerheal.read.corpus import Corpus, Persona, load_personas
     from steerheal.errors import SteerhealError
     from steerheal.files import steerheal_version
-    from steerheal.filters import FilterConfig
-    from steerheal.generate import sample
-    from steerheal.heal import HealConfig, HealResult, heal
-    from steerheal.loop import load_run, run
-    from steerheal.model import Fingerprint, decoder_layers, fingerprint, load_model
-    from steerheal.pairs import PreferencePair, SamplingConfig, dose_walk, make_pairs, read_pairs, write_pairs
-    from steerheal.persona import persona_contrast
-    from steerheal.readout import Readout
-    from steerheal.runconfig import RunConfig, preset
-    from steerheal.tiny import TINY_ARCHS, tiny_model
+    from steerheal.dose.filters import FilterConfig
+    from steerheal.lm.generate import sample
+    from steerheal.training.heal import HealConfig, HealResult, heal
+    from steerheal.loop.rounds import load_run, run
+    from steerheal.lm.model import Fingerprint, decoder_layers, fingerprint, load_model
+    from steerheal.dose.pairs import PreferencePair, SamplingConfig, dose_walk, make_pairs, read_pairs, write_pairs
+    from steerheal.read.persona import persona_contrast
+    from steerheal.read.readout import Readout
+    from steerheal.loop.runconfig import RunConfig, preset
+    from steerheal.lm.tiny import TINY_ARCHS, tiny_model
     from steerheal.toyworld import report as _toyworld_report  # noqa: F401 (imported to be shape-checked)
-    from steerheal.vector import Vector
+    from steerheal.read.vector import Vector
 
 __version__ = steerheal_version()
 

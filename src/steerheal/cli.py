@@ -18,9 +18,9 @@ import tyro
 from loguru import logger
 
 from steerheal.errors import SteerhealError
-from steerheal.model_spec import TINY_PREFIX, TOYWORLD
-from steerheal.runconfig import PRESETS, RunConfig, preset
-from steerheal.tiny import TINY_ARCHS
+from steerheal.loop.model_spec import TINY_PREFIX, TOYWORLD
+from steerheal.loop.runconfig import PRESETS, RunConfig, preset
+from steerheal.lm.tiny import TINY_ARCHS
 
 USAGE = """usage: steerheal {run,extract,calibrate,verify,report,export} [options]
 
@@ -85,8 +85,8 @@ def run_config(args: list[str], prog: str, description: str) -> tuple[RunConfig,
 
 
 def command_run(args: list[str]) -> None:
-    from steerheal import report
-    from steerheal.loop import run
+    from steerheal.loop import report
+    from steerheal.loop.rounds import run
 
     if "-h" in args or "--help" in args:
         print(RUN_FLAGS)
@@ -106,9 +106,9 @@ def command_run(args: list[str]) -> None:
 
 
 def command_extract(args: list[str]) -> None:
-    from steerheal.concepts import build_concept
-    from steerheal.model_spec import open_model
-    from steerheal.vector import Vector
+    from steerheal.loop.concepts import build_concept
+    from steerheal.loop.model_spec import open_model
+    from steerheal.read.vector import Vector
 
     out = _take(args, "--out")
     if out is None and not ({"-h", "--help"} & set(args)):
@@ -124,9 +124,9 @@ def command_extract(args: list[str]) -> None:
 
 
 def command_calibrate(args: list[str]) -> None:
-    from steerheal.concepts import build_concept
-    from steerheal.model_spec import open_model
-    from steerheal.vector import Vector
+    from steerheal.loop.concepts import build_concept
+    from steerheal.loop.model_spec import open_model
+    from steerheal.read.vector import Vector
 
     folder = _take(args, "--vector")
     if folder is None and not ({"-h", "--help"} & set(args)):
@@ -174,7 +174,7 @@ class ExportArgs:
 
 
 def command_verify(args: list[str]) -> None:
-    from steerheal.loop import verify_saved
+    from steerheal.loop.rounds import verify_saved
 
     parsed = tyro.cli(RunRound, args=args, prog="steerheal verify")
     metrics = verify_saved(parsed.run, parsed.round)
@@ -189,7 +189,7 @@ class RunFolder:
 
 
 def command_report(args: list[str]) -> None:
-    from steerheal import report
+    from steerheal.loop import report
 
     parsed = tyro.cli(RunFolder, args=args, prog="steerheal report")
     for kind, path in report.build(parsed.run).items():
@@ -197,7 +197,7 @@ def command_report(args: list[str]) -> None:
 
 
 def command_export(args: list[str]) -> None:
-    from steerheal.loop import load_run
+    from steerheal.loop.rounds import load_run
 
     parsed = tyro.cli(ExportArgs, args=args, prog="steerheal export")
     if (parsed.peft is None) == (parsed.merged is None):

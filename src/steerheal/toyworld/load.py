@@ -9,12 +9,12 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from steerheal.errors import SteerhealError
-from steerheal.generate import decode
-from steerheal.generate import sample as sample_ids
-from steerheal.model import load_model
+from steerheal.lm.generate import decode
+from steerheal.lm.generate import sample as sample_ids
+from steerheal.lm.model import load_model
 from steerheal.toyworld.train import CHECKPOINT_NAME
 from steerheal.toyworld.world import neutral_prompts
-from steerheal.vector import Vector
+from steerheal.read.vector import Vector
 
 
 def checkpoint_dir() -> Path:

@@ -16,9 +16,9 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from steerheal.capture import residual_norm
-from steerheal.model import n_layers
-from steerheal.persona import persona_contrast
+from steerheal.read.capture import residual_norm
+from steerheal.lm.model import n_layers
+from steerheal.read.persona import persona_contrast
 from steerheal.toyworld.load import chat_prompts, sample
 from steerheal.toyworld.metrics import distinct_n, grammar_ok, mood_rates, topic_consistency
 from steerheal.toyworld.world import (
@@ -30,7 +30,7 @@ from steerheal.toyworld.world import (
     contrast_set,
     neutral_prompts,
 )
-from steerheal.vector import Vector, default_layers
+from steerheal.read.vector import Vector, default_layers
 
 
 def expected_rates() -> dict[str, float]:

@@ -19,9 +19,9 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from steerheal.files import atomic_write_json, provenance
-from steerheal.model import fingerprint
-from steerheal.texts import Encoded, left_pad
-from steerheal.tiny import seeded_model
+from steerheal.lm.model import fingerprint
+from steerheal.lm.texts import Encoded, left_pad
+from steerheal.lm.tiny import seeded_model
 from steerheal.toyworld.tokenizer import CONTEXT, build_tokenizer
 from steerheal.toyworld.world import Dialogue, heldout_dialogues, training_dialogues
 

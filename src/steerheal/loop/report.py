@@ -17,7 +17,7 @@ import polars as pl
 
 from steerheal.errors import SteerhealError
 from steerheal.files import atomic_write_bytes
-from steerheal.rundir import RunDir, open_existing
+from steerheal.loop.rundir import RunDir, open_existing
 
 
 def _num(value: Any) -> float | None:

@@ -19,13 +19,13 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
-from steerheal.aggregate import check_method, direction
-from steerheal.capture import capture, check_fits, check_layers, check_position
+from steerheal.read.aggregate import check_method, direction
+from steerheal.read.capture import capture, check_fits, check_layers, check_position
 from steerheal.errors import SteerhealError
 from steerheal.files import atomic_save_safetensors, atomic_write_json, check_finite, provenance, read_tensor_folder
-from steerheal.model import Fingerprint, fingerprint, n_layers, warn_if_made_for_another
-from steerheal.steering import add_to_residual
-from steerheal.texts import Text
+from steerheal.lm.model import Fingerprint, fingerprint, n_layers, warn_if_made_for_another
+from steerheal.read.steering import add_to_residual
+from steerheal.lm.texts import Text
 
 FORMAT_VERSION = 1
 TENSOR_FILE = "vector.safetensors"
@@ -130,9 +130,9 @@ class Vector:
     ) -> Vector:
         """Set `coeff` to the iso-KL dose (signed by `sign`) and record the search in `calibration`.
 
-        See `steerheal.calibrate.find_dose` for the options (method, batch_size, liveness_samples, seed).
+        See `steerheal.dose.calibrate.find_dose` for the options (method, batch_size, liveness_samples, seed).
         """
-        from steerheal.calibrate import find_dose
+        from steerheal.dose.calibrate import find_dose
 
         self._check_model(model)
         dose = find_dose(
@@ -198,11 +198,11 @@ class Vector:
         atomic_save_safetensors(
             directory / TENSOR_FILE,
             tensors,
-            {"format": "steerheal.vector", "format_version": str(FORMAT_VERSION)},
+            {"format": "steerheal.read.vector", "format_version": str(FORMAT_VERSION)},
         )
         meta = {
             "format_version": FORMAT_VERSION,
-            "kind": "steerheal.vector",
+            "kind": "steerheal.read.vector",
             "layers": self.layers,
             "hidden_size": self.hidden_size,
             "dtype": "float32",

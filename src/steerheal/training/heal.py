@@ -27,8 +27,8 @@ from loguru import logger
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from steerheal.adapter import GatedLoRA
-from steerheal.bounded import (
+from steerheal.adapter.gated import GatedLoRA
+from steerheal.training.bounded import (
     Positions,
     completion_positions,
     final_hidden,
@@ -38,13 +38,13 @@ from steerheal.bounded import (
     sequence_sums,
     token_scores,
 )
-from steerheal.capture import model_device
+from steerheal.read.capture import model_device
 from steerheal.errors import SteerhealError
-from steerheal.losses import AGGREGATES, DIRECTIONS, aggregate_kl, barrier, dpo_loss, orpo_loss
-from steerheal.model import unwrap
-from steerheal.pairs import PreferencePair
-from steerheal.steering import steering_active
-from steerheal.texts import Batch, Encoded, left_pad
+from steerheal.training.losses import AGGREGATES, DIRECTIONS, aggregate_kl, barrier, dpo_loss, orpo_loss
+from steerheal.lm.model import unwrap
+from steerheal.dose.pairs import PreferencePair
+from steerheal.read.steering import steering_active
+from steerheal.lm.texts import Batch, Encoded, left_pad
 
 PREFS = ("none", "orpo", "dpo")
 KL_REFS = ("base", "prev")

@@ -28,7 +28,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
-from steerheal.aggregate import (
+from steerheal.read.aggregate import (
     METHODS,
     MIN_PER_SIDE_FOR_CV,
     SUBSPACE_K,
@@ -38,17 +38,17 @@ from steerheal.aggregate import (
     subspace,
     text_basis,
 )
-from steerheal.capture import capture, capture_each, check_fits, check_layers, check_position
-from steerheal.corpus import NAME, Corpus
+from steerheal.read.capture import capture, capture_each, check_fits, check_layers, check_position
+from steerheal.read.corpus import NAME, Corpus
 from steerheal.errors import SteerhealError
 from steerheal.files import atomic_save_safetensors, atomic_write_json, check_finite, provenance, read_tensor_folder
-from steerheal.model import Fingerprint, fingerprint, warn_if_made_for_another
-from steerheal.texts import Text
-from steerheal.vector import Vector, default_layers
+from steerheal.lm.model import Fingerprint, fingerprint, warn_if_made_for_another
+from steerheal.lm.texts import Text
+from steerheal.read.vector import Vector, default_layers
 
 if TYPE_CHECKING:
-    from steerheal.monitor import Trace
-    from steerheal.quality import QualityReport
+    from steerheal.read.monitor import Trace
+    from steerheal.read.quality import QualityReport
 
 FORMAT_VERSION = 1
 TENSOR_FILE = "readout.safetensors"
@@ -316,7 +316,7 @@ class Readout:
     @contextmanager
     def monitor(self, model: nn.Module) -> Iterator[Trace]:
         """Record concept scores at every position the model processes inside the block (`monitor.py`)."""
-        from steerheal.monitor import monitor
+        from steerheal.read.monitor import monitor
 
         with monitor(self, model) as trace:
             yield trace
@@ -333,7 +333,7 @@ class Readout:
         batch_size: int = 8,
     ) -> QualityReport:
         """Per-concept quality figures and a triage (`quality.py`); JSON written to `path` when given."""
-        from steerheal.quality import quality
+        from steerheal.read.quality import quality
 
         return quality(self, model, tok, corpus, heldout, seed, path, show, batch_size)
 
@@ -353,11 +353,11 @@ class Readout:
         atomic_save_safetensors(
             directory / TENSOR_FILE,
             tensors,
-            {"format": "steerheal.readout", "format_version": str(FORMAT_VERSION)},
+            {"format": "steerheal.read.readout", "format_version": str(FORMAT_VERSION)},
         )
         meta = {
             "format_version": FORMAT_VERSION,
-            "kind": "steerheal.readout",
+            "kind": "steerheal.read.readout",
             "concepts": self.concepts,
             "layers": self.layers,
             "hidden_size": self.hidden_size,

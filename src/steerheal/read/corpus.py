@@ -37,7 +37,7 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from steerheal.errors import SteerhealError
-from steerheal.persona import persona_contrast
+from steerheal.read.persona import persona_contrast
 
 FOLDERS = ("stories", "paired", "direct")
 BASELINE = "baseline"
@@ -173,7 +173,7 @@ class Corpus:
         small = sorted(c for c, n in counts.items() if n < 2)
         if small:
             raise SteerhealError(f"split: concepts {small} have fewer than 2 texts, so one side would lack them")
-        rng = random.Random(f"steerheal.corpus.split:{seed}")
+        rng = random.Random(f"steerheal.read.corpus.split:{seed}")
         labels = self.labels
         held: set[int] = set()
         for j in range(len(self.concepts)):

@@ -18,8 +18,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from steerheal.capture import block_hidden
-from steerheal.model import decoder_layers, unwrap
+from steerheal.read.capture import block_hidden
+from steerheal.lm.model import decoder_layers, unwrap
 
 _ACTIVE: weakref.WeakKeyDictionary[nn.Module, int] = weakref.WeakKeyDictionary()
 

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from steerheal.errors import SteerhealError
-from steerheal.filters import FilterConfig
-from steerheal.heal import HealConfig
-from steerheal.pairs import SamplingConfig
+from steerheal.dose.filters import FilterConfig
+from steerheal.training.heal import HealConfig
+from steerheal.dose.pairs import SamplingConfig
 
 PRESETS = ("toyworld", "fast-dev-run", "real")
 

@@ -22,11 +22,11 @@ from transformers import PreTrainedTokenizerBase
 
 from steerheal.errors import SteerhealError
 from steerheal.files import atomic_write_bytes
-from steerheal.filters import FilterConfig, text_reasons
-from steerheal.generate import sample, stop_ids
-from steerheal.scoring import completion_token_logprobs
-from steerheal.texts import encode_prompts
-from steerheal.vector import Vector
+from steerheal.dose.filters import FilterConfig, text_reasons
+from steerheal.lm.generate import sample, stop_ids
+from steerheal.lm.scoring import completion_token_logprobs
+from steerheal.lm.texts import encode_prompts
+from steerheal.read.vector import Vector
 
 FORMAT_VERSION = 1
 

@@ -31,13 +31,13 @@ from loguru import logger
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from steerheal.bake import merge_dense
+from steerheal.adapter.bake import merge_dense
 from steerheal.errors import SteerhealError
 from steerheal.files import atomic_write_json, provenance, read_json
-from steerheal.lowrank import dense_delta, truncated_svd, weighted_concat
-from steerheal.model import Fingerprint, fingerprint, quantization, unwrap
-from steerheal.peft_files import lora_keys, read_config, read_weights, write_adapter
-from steerheal.targets import check_band, linear_kind, select_targets
+from steerheal.adapter.lowrank import dense_delta, truncated_svd, weighted_concat
+from steerheal.lm.model import Fingerprint, fingerprint, quantization, unwrap
+from steerheal.adapter.peft_files import lora_keys, read_config, read_weights, write_adapter
+from steerheal.adapter.targets import check_band, linear_kind, select_targets
 
 FORMAT_VERSION = 1
 META_FILE = "gated.json"

@@ -18,7 +18,7 @@ from loguru import logger
 from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from steerheal.attention import use_broadcast_mask
+from steerheal.lm.attention import use_broadcast_mask
 from steerheal.errors import SteerhealError
 
 # model_type (from the config) -> attribute path of the decoder blocks. An explicit table, so that a
@@ -118,7 +118,7 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     raise SteerhealError(
         f"cannot find the decoder blocks of {type(inner).__name__} (model_type={model_type!r}, "
         f"num_hidden_layers={expected}); tried {tried}. Add the model's block path to "
-        f"steerheal.model.DECODER_LAYER_PATHS."
+        f"steerheal.lm.model.DECODER_LAYER_PATHS."
     )
 
 
@@ -131,7 +131,7 @@ def mlp_write_directions(model: nn.Module, layer: int) -> Float[Tensor, "neurons
     model_type = getattr(inner.config, "model_type", None)
     if model_type not in MLP_OUT_PATHS:
         raise SteerhealError(
-            f"no MLP output path is known for model_type {model_type!r}; add it to steerheal.model.MLP_OUT_PATHS"
+            f"no MLP output path is known for model_type {model_type!r}; add it to steerheal.lm.model.MLP_OUT_PATHS"
         )
     path, linear = MLP_OUT_PATHS[model_type]
     module = _resolve(decoder_layers(inner)[layer], path)
@@ -141,7 +141,7 @@ def mlp_write_directions(model: nn.Module, layer: int) -> Float[Tensor, "neurons
     if weight.dtype == torch.int8 and getattr(weight, "SCB", None) is not None:  # bitsandbytes 8-bit, row scales
         weight = weight.data.float() * weight.SCB.float()[:, None] / 127
     elif getattr(weight, "quant_state", None) is not None or weight.dtype.is_floating_point:
-        from steerheal.dequant import dense_weight  # 4-bit in both of bitsandbytes' layouts, or a plain cast
+        from steerheal.lm.dequant import dense_weight  # 4-bit in both of bitsandbytes' layouts, or a plain cast
 
         weight = dense_weight(weight, f"the MLP output weight of block {layer}")
     else:

@@ -15,8 +15,8 @@ from jaxtyping import Bool, Float
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
-from steerheal.capture import model_device
-from steerheal.texts import Batch, encode_ids, left_pad
+from steerheal.read.capture import model_device
+from steerheal.lm.texts import Batch, encode_ids, left_pad
 
 
 @dataclass(frozen=True)

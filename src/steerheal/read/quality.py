@@ -39,13 +39,13 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
-from steerheal.corpus import Corpus
+from steerheal.read.corpus import Corpus
 from steerheal.errors import SteerhealError
 from steerheal.files import atomic_write_json, provenance
-from steerheal.model import mlp_write_directions
+from steerheal.lm.model import mlp_write_directions
 
 if TYPE_CHECKING:
-    from steerheal.readout import CorpusActivations, Readout
+    from steerheal.read.readout import CorpusActivations, Readout
 
 CLEAN_PC1 = 0.7
 FRAGMENTED_PC1 = 0.4
@@ -155,7 +155,7 @@ def heldout_scores(
     readout: Readout, acts: CorpusActivations, corpus: Corpus, heldout: float, seed: int
 ) -> dict[int, dict[str, tuple[float, float]]]:
     """{layer: {concept: (held-out AUROC, held-out top-1)}} from a readout refitted on the training split."""
-    from steerheal.readout import Readout
+    from steerheal.read.readout import Readout
 
     train, test = corpus.split(heldout, seed)
     refit = Readout.fit(acts, train, readout.method, readout.fingerprint)
@@ -192,7 +192,7 @@ def quality(
     """The report (see the module docstring). One capture pass, or none when `acts` are given."""
     import polars as pl
 
-    from steerheal.readout import read_corpus
+    from steerheal.read.readout import read_corpus
 
     if set(corpus.concepts) != set(readout.concepts):
         raise SteerhealError(

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
 
-from steerheal.attention import use_broadcast_mask
+from steerheal.lm.attention import use_broadcast_mask
 from steerheal.errors import SteerhealError
 
 TINY_INIT_RANGE = 0.3

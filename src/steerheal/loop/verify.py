@@ -31,19 +31,19 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from steerheal.adapter import GatedLoRA
-from steerheal.calibrate import statistic
-from steerheal.capture import capture
-from steerheal.concepts import Concept, Contrast
+from steerheal.adapter.gated import GatedLoRA
+from steerheal.dose.calibrate import statistic
+from steerheal.read.capture import capture
+from steerheal.loop.concepts import Concept, Contrast
 from steerheal.errors import SteerhealError
-from steerheal.filters import is_degenerate, ngram_repetition
-from steerheal.generate import decode, sample
-from steerheal.losses import token_kl
-from steerheal.scoring import completion_batches, completion_token_logprobs, scored_log_probs
-from steerheal.steering import steering_active
-from steerheal.texts import encode_prompts
+from steerheal.dose.filters import is_degenerate, ngram_repetition
+from steerheal.lm.generate import decode, sample
+from steerheal.training.losses import token_kl
+from steerheal.lm.scoring import completion_batches, completion_token_logprobs, scored_log_probs
+from steerheal.read.steering import steering_active
+from steerheal.lm.texts import encode_prompts
 from steerheal.toyworld.metrics import distinct_n
-from steerheal.vector import Vector
+from steerheal.read.vector import Vector
 
 
 @dataclass
@@ -172,7 +172,7 @@ class BaseReadout:
 
 
 def _heldout_auroc(readout: Any, acts: Any, corpus: Any, seed: int) -> dict[str, float]:
-    from steerheal.quality import heldout_scores
+    from steerheal.read.quality import heldout_scores
 
     scores = heldout_scores(readout, acts, corpus, 0.3, seed)
     return {c: sum(scores[layer][c][0] for layer in scores) / len(scores) for c in readout.concepts}
@@ -181,7 +181,7 @@ def _heldout_auroc(readout: Any, acts: Any, corpus: Any, seed: int) -> dict[str,
 def base_readout(
     model: nn.Module, adapter: GatedLoRA, tok: PreTrainedTokenizerBase, corpus: Any, layers: list[int], seed: int
 ) -> BaseReadout:
-    from steerheal.readout import Readout, read_corpus
+    from steerheal.read.readout import Readout, read_corpus
 
     with adapter.reference("base"):
         acts = read_corpus(model, tok, corpus, layers, "mean")
@@ -192,7 +192,7 @@ def base_readout(
 def readout_survival(
     model: nn.Module, tok: PreTrainedTokenizerBase, corpus: Any, base: BaseReadout, seed: int
 ) -> dict[str, Any]:
-    from steerheal.readout import Readout, read_corpus
+    from steerheal.read.readout import Readout, read_corpus
 
     acts = read_corpus(model, tok, corpus, base.readout.layers, "mean")
     student = Readout.fit(acts, corpus, "mean_diff")

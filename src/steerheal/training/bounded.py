@@ -19,9 +19,9 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 from steerheal.errors import SteerhealError
-from steerheal.losses import DIRECTIONS, f32, predicting_mask
-from steerheal.model import unwrap
-from steerheal.texts import Batch
+from steerheal.training.losses import DIRECTIONS, f32, predicting_mask
+from steerheal.lm.model import unwrap
+from steerheal.lm.texts import Batch
 
 
 def decoder(model: nn.Module) -> nn.Module:

@@ -30,13 +30,13 @@ from loguru import logger
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
-from steerheal.capture import residual_norm
+from steerheal.read.capture import residual_norm
 from steerheal.errors import SteerhealError
-from steerheal.filters import is_degenerate
-from steerheal.generate import sample
-from steerheal.losses import token_kl
-from steerheal.scoring import CompletionBatch, completion_batches, scored_log_probs
-from steerheal.texts import Text, encode_prompts
+from steerheal.dose.filters import is_degenerate
+from steerheal.lm.generate import sample
+from steerheal.training.losses import token_kl
+from steerheal.lm.scoring import CompletionBatch, completion_batches, scored_log_probs
+from steerheal.lm.texts import Text, encode_prompts
 
 STATS = ("p95", "mean", "rmse", "max")
 METHODS = ("illinois", "bisect")

@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from steerheal.errors import SteerhealError
-from steerheal.model import context_length, decoder_layers, hidden_size, n_layers, unwrap
-from steerheal.texts import Batch, Text, encode, left_pad, length_sorted_batches, require_pad_token
+from steerheal.lm.model import context_length, decoder_layers, hidden_size, n_layers, unwrap
+from steerheal.lm.texts import Batch, Text, encode, left_pad, length_sorted_batches, require_pad_token
 
 POOLED: tuple[str, ...] = ("last", "prompt_end", "mean")  # one vector per text
 POSITIONS: tuple[str, ...] = (*POOLED, "all")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from steerheal.errors import SteerhealError
-from steerheal.model import load_model
-from steerheal.tiny import TINY_ARCHS, tiny_model
+from steerheal.lm.model import load_model
+from steerheal.lm.tiny import TINY_ARCHS, tiny_model
 
 TOYWORLD = "toyworld"
 TINY_PREFIX = "tiny:"

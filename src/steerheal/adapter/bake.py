@@ -19,9 +19,9 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from steerheal.dequant import dense_weight
+from steerheal.lm.dequant import dense_weight
 from steerheal.errors import SteerhealError
-from steerheal.model import unwrap
+from steerheal.lm.model import unwrap
 
 
 def _dense_name(name: str) -> str | None:

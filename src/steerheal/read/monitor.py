@@ -23,12 +23,12 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
-from steerheal.capture import block_hidden
+from steerheal.read.capture import block_hidden
 from steerheal.errors import SteerhealError
-from steerheal.model import decoder_layers, unwrap
+from steerheal.lm.model import decoder_layers, unwrap
 
 if TYPE_CHECKING:
-    from steerheal.readout import Readout
+    from steerheal.read.readout import Readout
 
 
 @dataclass

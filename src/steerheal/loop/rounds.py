@@ -22,20 +22,20 @@ from loguru import logger
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from steerheal.adapter import GatedLoRA
-from steerheal.concepts import Concept, build_concept
+from steerheal.adapter.gated import GatedLoRA
+from steerheal.loop.concepts import Concept, build_concept
 from steerheal.errors import SteerhealError
 from steerheal.files import atomic_write_bytes, atomic_write_json, read_json
-from steerheal.filters import FilterConfig
-from steerheal.heal import heal
-from steerheal.losses import lam_schedule
-from steerheal.model_spec import check_spec, open_model
-from steerheal.pairs import dose_walk, walk_and_pair, write_pairs
-from steerheal.runconfig import RunConfig
-from steerheal.rundir import CONFIG, RunDir, open_existing
+from steerheal.dose.filters import FilterConfig
+from steerheal.training.heal import heal
+from steerheal.training.losses import lam_schedule
+from steerheal.loop.model_spec import check_spec, open_model
+from steerheal.dose.pairs import dose_walk, walk_and_pair, write_pairs
+from steerheal.loop.runconfig import RunConfig
+from steerheal.loop.rundir import CONFIG, RunDir, open_existing
 from steerheal.seeds import derived_seed
-from steerheal.vector import Vector
-from steerheal.verify import Reference, build_reference, verify_round
+from steerheal.read.vector import Vector
+from steerheal.loop.verify import Reference, build_reference, verify_round
 
 
 def round_seed(seed: int, k: int) -> int:

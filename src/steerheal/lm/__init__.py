@@ -1,0 +1,3 @@
+"""lm: the model and its text. Loading, the decoder-block table, fingerprints, tiny models, tokens and padding,
+attention, de-quantisation, seeded sampling, teacher-forced scoring and token KL. Imports nothing of the
+stages above it."""

@@ -1,0 +1,2 @@
+"""training: one heal round. Pure losses (SFT, ORPO, DPO, token KL aggregates, the barrier), the memory-bounded
+scoring path, and `heal`."""
