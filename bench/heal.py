@@ -126,10 +126,10 @@ def memory() -> None:
 
 def speed() -> None:
     import steerheal as sh
-    from steerheal.training.bounded import completion_positions, final_hidden, gather, head_parts, token_scores
-    from steerheal.training.heal import HealConfig, _batch, _Example, _Round
     from steerheal.toyworld import world
     from steerheal.toyworld.load import chat_prompts
+    from steerheal.training.bounded import completion_positions, final_hidden, gather, head_parts, token_scores
+    from steerheal.training.heal import HealConfig, _batch, _Example, _Round
 
     torch.set_num_threads(1)
     model, tok = sh.toyworld.load()

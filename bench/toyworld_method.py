@@ -23,8 +23,8 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from steerheal.loop.rounds import run
 from steerheal.loop.report import markdown, table
+from steerheal.loop.rounds import run
 from steerheal.loop.runconfig import preset
 from steerheal.loop.rundir import open_existing
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from functools import cache
 
 import pytest
@@ -268,24 +269,47 @@ def test_4bit_base_gate0_bake_and_precision_warning(tmp_path, logs):
     assert with_grad and all(".round_1." in n for n in with_grad)
     model.zero_grad(set_to_none=True)
 
+    # rounds trained on the 4-bit base load onto a float32 base with a warning, not an error; onto the float32
+    # base whose weights are the 4-bit ones de-quantised they give the exact float32 student (unmerged LoRA)
+    adapter.save(tmp_path / "gated")
+    dequantised = _dequantised_copy(fp32, model)
+    GatedLoRA.load(dequantised, tmp_path / "gated")
+    assert any("another precision" in m and "quantization: '4bit-nf4' != None" in m for m in logs)
+    exact = _logits(dequantised, ids)
+
     dense = adapter.bake()
     assert dense.dtype == torch.float32 and getattr(dense.config, "quantization_config", None) is None
-    error = float((_logits(dense, ids) - student).abs().max())
-    assert error <= BAKE_4BIT_ATOL, error
+    error = float((_logits(dense, ids) - exact).abs().max())
+    assert error <= BAKE_4BIT_ATOL, error  # the bake is the exact float32 merge, up to summation order
+    # bitsandbytes' own 4-bit forward: float32 on most CPUs (then within float32 rounding of the exact student),
+    # bfloat16 on CPUs with AVX512-BF16 and on GPUs (then about 0.04 per linear layer): measured, not asserted
+    # (docs/adapter.md, "Bake")
+    forward_rounding = float((student - exact).abs().max())
+    assert math.isfinite(forward_rounding)
+    print(f"4-bit: bake vs exact float32 {error:.2g}, 4-bit forward vs exact float32 {forward_rounding:.2g}")
     dense.save_pretrained(tmp_path / "baked")
     assert "quantization_config" not in json.loads((tmp_path / "baked" / "config.json").read_text())
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "baked")
     assert torch.equal(_logits(reloaded, ids), _logits(dense, ids))
 
-    # rounds trained on the 4-bit base load onto the float32 base with a warning, not an error
-    adapter.save(tmp_path / "gated")
-    GatedLoRA.load(fp32, tmp_path / "gated")
-    assert any("another precision" in m and "quantization: '4bit-nf4' != None" in m for m in logs)
-
     # why steerheal de-quantises itself: peft's own merge keeps the 4-bit layers and re-quantises
     with pytest.warns(UserWarning, match="rounding errors"):
         merged = adapter.peft_model.merge_and_unload()
-    assert (_logits(merged, ids) - student).abs().max() > 100 * error
+    assert (_logits(merged, ids) - exact).abs().max() > 100 * max(error, 1e-6)
+
+
+def _dequantised_copy(fp32, quantised):
+    """`fp32` with every bitsandbytes 4-bit linear weight of `quantised` (adapted or not) replaced by its float32
+    de-quantisation: the base whose exact float32 arithmetic a bake of rounds trained on the 4-bit base must
+    reproduce."""
+    from steerheal.lm.dequant import dense_weight
+
+    with torch.no_grad():
+        for name, module in quantised.named_modules():
+            weight = getattr(module, "weight", None)
+            if type(weight).__name__ == "Params4bit":
+                fp32.get_submodule(name.replace(".base_layer", "")).weight.copy_(dense_weight(weight, name))
+    return fp32
 
 
 def test_cpu_packed_4bit_layout_is_read_with_its_bf16_scales(tmp_path):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import steerheal as sh
+from steerheal.lm.texts import encode, left_pad
 from steerheal.training.bounded import (
     completion_positions,
     final_hidden,
@@ -16,7 +17,6 @@ from steerheal.training.bounded import (
     token_scores,
 )
 from steerheal.training.losses import aggregate_kl, barrier, kl_barrier, sequence_logprobs, sft_nll
-from steerheal.lm.texts import encode, left_pad
 
 TEXTS = [
     ("<|bos|><|user|>Tell me about the harbour.<|end|><|assistant|>", "The boats knocked against the pier.<|end|>"),

@@ -6,12 +6,19 @@ import pytest
 import torch
 
 import steerheal as sh
-from steerheal.training.bounded import completion_positions, final_hidden, gather, head_parts, per_sequence, token_scores
-from steerheal.training.heal import HealConfig, _batch, heal
-from steerheal.training.losses import aggregate_kl
 from steerheal.toyworld import world
 from steerheal.toyworld.load import chat_prompts
 from steerheal.toyworld.metrics import mood_rates
+from steerheal.training.bounded import (
+    completion_positions,
+    final_hidden,
+    gather,
+    head_parts,
+    per_sequence,
+    token_scores,
+)
+from steerheal.training.heal import HealConfig, _batch, heal
+from steerheal.training.losses import aggregate_kl
 
 
 @pytest.fixture(scope="module")

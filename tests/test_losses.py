@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import steerheal as sh
+from steerheal.lm.scoring import token_kl
 from steerheal.training.losses import (
     aggregate_kl,
     dpo_loss,
@@ -18,7 +19,6 @@ from steerheal.training.losses import (
     orpo_loss,
     sequence_logprobs,
     sft_nll,
-    token_kl,
 )
 
 B, L, V = 2, 6, 5

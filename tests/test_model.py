@@ -9,7 +9,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 import steerheal as sh
 from conftest import tiny
-from steerheal.lm.model import DECODER_LAYER_PATHS
+from steerheal.lm.blocks import DECODER_LAYER_PATHS
 
 
 @pytest.mark.parametrize("arch", sh.TINY_ARCHS)
@@ -185,8 +185,8 @@ def test_import_is_lazy_about_heavy_libraries():
 
 def _p95_kl_at(model, tok, multiple: float, init_texts: list[str]) -> float:
     """p95 of per-token KL(steered ‖ unsteered) with a mean_diff vector at `multiple` x the residual norm."""
-    from steerheal.read.capture import residual_norm
     from steerheal.lm.texts import encode, left_pad
+    from steerheal.read.capture import residual_norm
     from steerheal.read.vector import default_layers
 
     pos = [f"What a lovely {w}, I am so happy here." for w in ("garden", "kitchen", "harbour", "office")]
@@ -243,7 +243,7 @@ def test_broadcast_mask_attention_equals_transformers_sdpa(arch):
 
 def test_mlp_write_directions_every_arch_and_4bit(tmp_path):
     """One row per MLP neuron: what it writes into the residual stream (the quality report's neuron check)."""
-    from steerheal.lm.model import MLP_OUT_PATHS, mlp_write_directions
+    from steerheal.lm.blocks import MLP_OUT_PATHS, mlp_write_directions
 
     for arch in sh.TINY_ARCHS:
         model, _ = tiny(arch)

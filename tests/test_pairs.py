@@ -7,15 +7,8 @@ import pytest
 import steerheal as sh
 from conftest import tiny
 from steerheal.dose.filters import FilterConfig
-from steerheal.dose.pairs import (
-    SamplingConfig,
-    completion_checks,
-    dose_walk,
-    make_pairs,
-    read_pairs,
-    walk_and_pair,
-    write_pairs,
-)
+from steerheal.dose.pairs import SamplingConfig, completion_checks, make_pairs, read_pairs, write_pairs
+from steerheal.dose.walk import dose_walk, walk_and_pair
 from steerheal.lm.texts import encode
 from steerheal.toyworld import world
 from steerheal.toyworld.load import chat_prompts

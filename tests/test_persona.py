@@ -6,8 +6,8 @@ import pytest
 
 import steerheal as sh
 from conftest import tiny
-from steerheal.read.persona import persona_contrast
 from steerheal.lm.tiny import tiny_tokenizer
+from steerheal.read.persona import persona_contrast
 
 PROMPTS = ["Tell me about the harbour.", "Describe a garden."]
 NO_SYSTEM_TEMPLATE = (

@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from steerheal.toyworld.metrics import (
-    distinct_n,
-    grammar_ok,
-    mood_rate,
-    mood_rates,
-    parse,
-    sentences,
-    topic_consistency,
-)
+from steerheal.dose.filters import distinct_n
+from steerheal.toyworld.metrics import grammar_ok, mood_rate, mood_rates, parse, sentences, topic_consistency
 
 
 def test_grammar_ok_on_hand_written_sentences():

@@ -3,8 +3,13 @@
 Read concept directions from a causal LM, dose them by iso-KL, distil and heal them into gated LoRA
 rounds, bake them, and verify that they survived. See README.md and spec.md.
 
+The package is laid out by stage: `lm/` (the model and its text), `read/`, `adapter/`, `dose/`, `training/`,
+`toyworld/`, `loop/`, then `cli.py`; each imports only from the stages before it (docs/architecture.md,
+tests/test_layers.py).
+
 With BEARTYPE=1 in the environment every steerheal module is imported under jaxtyping's import hook, so
-each annotated function checks its argument types and tensor shapes with beartype at call time.
+each annotated function checks its argument types and tensor shapes with beartype at call time
+(tests/test_layers.py checks that no module escapes it).
 """
 
 import os
@@ -26,26 +31,29 @@ def _shape_checked() -> AbstractContextManager[object]:
 
 
 with _shape_checked():
-    from steerheal.read import monitor as _monitor  # noqa: F401 (imported to be shape-checked)
-    from steerheal.read import quality as _quality  # noqa: F401 (imported to be shape-checked)
     from steerheal import toyworld
     from steerheal.adapter.gated import GatedLoRA
-    from steerheal.read.capture import capture, capture_tokens
-    from steerheal.read.corpus import Corpus, Persona, load_personas
+    from steerheal.dose.filters import FilterConfig
+    from steerheal.dose.pairs import PreferencePair, SamplingConfig, make_pairs, read_pairs, write_pairs
+    from steerheal.dose.walk import dose_walk
     from steerheal.errors import SteerhealError
     from steerheal.files import steerheal_version
-    from steerheal.dose.filters import FilterConfig
+    from steerheal.lm.blocks import decoder_layers
+    from steerheal.lm.fingerprint import Fingerprint, fingerprint
     from steerheal.lm.generate import sample
-    from steerheal.training.heal import HealConfig, HealResult, heal
-    from steerheal.loop.rounds import load_run, run
-    from steerheal.lm.model import Fingerprint, decoder_layers, fingerprint, load_model
-    from steerheal.dose.pairs import PreferencePair, SamplingConfig, dose_walk, make_pairs, read_pairs, write_pairs
-    from steerheal.read.persona import persona_contrast
-    from steerheal.read.readout import Readout
-    from steerheal.loop.runconfig import RunConfig, preset
+    from steerheal.lm.load import load_model
     from steerheal.lm.tiny import TINY_ARCHS, tiny_model
-    from steerheal.toyworld import report as _toyworld_report  # noqa: F401 (imported to be shape-checked)
+    from steerheal.loop import report as _report  # noqa: F401 (imported to be shape-checked)
+    from steerheal.loop.rounds import load_run, run
+    from steerheal.loop.runconfig import RunConfig, preset
+    from steerheal.read.capture import capture, capture_tokens
+    from steerheal.read.corpus import Corpus
+    from steerheal.read.persona import persona_contrast
+    from steerheal.read.persona_files import Persona, load_personas
+    from steerheal.read.readout import Readout
     from steerheal.read.vector import Vector
+    from steerheal.toyworld import report as _toyworld_report  # noqa: F401 (imported to be shape-checked)
+    from steerheal.training.heal import HealConfig, HealResult, heal
 
 __version__ = steerheal_version()
 

@@ -18,9 +18,9 @@ import tyro
 from loguru import logger
 
 from steerheal.errors import SteerhealError
+from steerheal.lm.tiny import TINY_ARCHS
 from steerheal.loop.model_spec import TINY_PREFIX, TOYWORLD
 from steerheal.loop.runconfig import PRESETS, RunConfig, preset
-from steerheal.lm.tiny import TINY_ARCHS
 
 USAGE = """usage: steerheal {run,extract,calibrate,verify,report,export} [options]
 

@@ -5,8 +5,8 @@ config dropped, so that `save_pretrained` writes an ordinary checkpoint that
 `AutoModelForCausalLM.from_pretrained` loads. Every weight is taken from the base (4-bit ones
 de-quantised, `dequant.py`), the targeted ones plus their delta, all in float32. A lower output dtype
 is a cast of the float32 sum, made only when asked; its rounding is measured against the deltas
-themselves, because that is what a low-precision merge loses first (prior-art pitfall 9: a small
-delta can vanish in bfloat16).
+themselves, because that is what a low-precision merge loses first (a small delta can vanish
+in bfloat16: docs/adapter.md measures it).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from steerheal.lm.dequant import dense_weight
 from steerheal.errors import SteerhealError
-from steerheal.lm.model import unwrap
+from steerheal.lm.blocks import unwrap
+from steerheal.lm.dequant import dense_weight
 
 
 def _dense_name(name: str) -> str | None:

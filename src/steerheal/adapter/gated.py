@@ -32,12 +32,13 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from steerheal.adapter.bake import merge_dense
-from steerheal.errors import SteerhealError
-from steerheal.files import atomic_write_json, provenance, read_json
 from steerheal.adapter.lowrank import dense_delta, truncated_svd, weighted_concat
-from steerheal.lm.model import Fingerprint, fingerprint, quantization, unwrap
 from steerheal.adapter.peft_files import lora_keys, read_config, read_weights, write_adapter
 from steerheal.adapter.targets import check_band, linear_kind, select_targets
+from steerheal.errors import SteerhealError
+from steerheal.files import atomic_write_json, provenance, read_json
+from steerheal.lm.blocks import unwrap
+from steerheal.lm.fingerprint import Fingerprint, fingerprint, quantization
 
 FORMAT_VERSION = 1
 META_FILE = "gated.json"
@@ -202,7 +203,7 @@ class GatedLoRA:
 
     def _activate(self) -> None:
         """Every round active (in order), then the history frozen again: peft's activation marks all
-        the rounds it activates trainable (prior-art), and only the current round may train."""
+        the rounds it activates trainable (peft 0.21's `set_adapter`, tested), and only the current round may train."""
         self.peft_model.base_model.set_adapter([r.name for r in self.rounds])
         keep = {id(p) for p in self.trainable_parameters()}
         for param in self.peft_model.parameters():

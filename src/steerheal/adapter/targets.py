@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from steerheal.errors import SteerhealError
-from steerheal.lm.model import decoder_layers, unwrap
+from steerheal.lm.blocks import decoder_layers, unwrap
 
 
 def check_band(depth_band: Sequence[float]) -> tuple[float, float]:

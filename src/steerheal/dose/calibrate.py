@@ -30,13 +30,12 @@ from loguru import logger
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
-from steerheal.read.capture import residual_norm
-from steerheal.errors import SteerhealError
 from steerheal.dose.filters import is_degenerate
+from steerheal.errors import SteerhealError
 from steerheal.lm.generate import sample
-from steerheal.training.losses import token_kl
-from steerheal.lm.scoring import CompletionBatch, completion_batches, scored_log_probs
+from steerheal.lm.scoring import CompletionBatch, completion_batches, scored_log_probs, token_kl
 from steerheal.lm.texts import Text, encode_prompts
+from steerheal.read.capture import residual_norm
 
 STATS = ("p95", "mean", "rmse", "max")
 METHODS = ("illinois", "bisect")

@@ -1,16 +1,17 @@
 """Coherence filters for steered completions, and the loop detector behind the liveness check.
 
 Steering injects babble; a preference pair is kept only when its chosen (steered) completion passes
-every filter in force. Text filters are pure functions of the decoded completion; the tail perplexity
-needs the unsteered model and lives in `pairs.py`. Defaults follow what earlier projects found to separate
-coherent from broken text (prior-art.md); presets may loosen them, and whatever is in force is logged.
+every filter in force. Text filters are pure functions of the decoded completion; the tail perplexity needs the
+unsteered model and lives in `pairs.py`. Defaults follow the public steer-heal-love project's filters (tail perplexity
+under the base < 50, n-gram repetition < 0.3, narration and refusal regexes); presets may loosen them, and whatever is
+in force is logged.
 """
 
 from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -142,3 +143,8 @@ def is_degenerate(ids: Sequence[int], max_period: int = 8, min_repeats: int = 3,
             if run >= need:
                 return True
     return False
+
+
+def distinct_n(texts: Iterable[str], n: int = 2) -> float:
+    grams = [tuple(ws[i : i + n]) for ws in (t.split() for t in texts) for i in range(len(ws) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0

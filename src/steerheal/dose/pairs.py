@@ -20,9 +20,9 @@ from loguru import logger
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from steerheal.dose.filters import FilterConfig, text_reasons
 from steerheal.errors import SteerhealError
 from steerheal.files import atomic_write_bytes
-from steerheal.dose.filters import FilterConfig, text_reasons
 from steerheal.lm.generate import sample, stop_ids
 from steerheal.lm.scoring import completion_token_logprobs
 from steerheal.lm.texts import encode_prompts
@@ -200,58 +200,6 @@ def make_pairs(
     return pairs
 
 
-@dataclass(frozen=True)
-class DoseWalk:
-    alpha: float
-    keep_rates: list[tuple[float, float]]  # (alpha, keep rate) in the order tried
-    probe_pairs: list[PreferencePair]  # the probe's pairs at the accepted alpha (the first prompts)
-
-
-def dose_walk(
-    model: nn.Module,
-    tok: PreTrainedTokenizerBase,
-    vector: Vector,
-    prompts: Sequence[str],
-    alpha: float = 1.0,
-    alpha_min: float = 0.25,
-    factor: float = 0.7,
-    keep_target: float = 0.5,
-    probe_size: int = 16,
-    seed: int = 0,
-    sampling: SamplingConfig = SamplingConfig(),
-    filters: FilterConfig | None = None,
-    include_eos: bool = True,
-) -> DoseWalk:
-    """The largest alpha (from `alpha` down by `factor`) at which at least `keep_target` of a probe batch
-    survives the filters; below `alpha_min` a clear error with every keep rate tried."""
-    filters = filters or FilterConfig()
-    if not 0 < factor < 1 or not 0 < alpha_min <= alpha or not 0 < keep_target <= 1:
-        raise SteerhealError(
-            f"dose_walk: need 0 < factor < 1 (got {factor}), 0 < alpha_min <= alpha (got {alpha_min}, {alpha}), "
-            f"0 < keep_target <= 1 (got {keep_target})"
-        )
-    probe = list(prompts[:probe_size])
-    tried: list[tuple[float, float]] = []
-    current = alpha
-    unsteered: list[list[int]] | None = None
-    while current >= alpha_min * (1 - 1e-9):
-        pairs = make_pairs(
-            model, tok, vector, probe, current, seed, sampling, filters, include_eos, rejected_ids=unsteered
-        )
-        unsteered = [p.rejected_ids for p in pairs] if include_eos else None
-        rate = sum(p.kept for p in pairs) / len(pairs)
-        tried.append((current, rate))
-        if rate >= keep_target:
-            return DoseWalk(current, tried, pairs)
-        current *= factor
-    rates = ", ".join(f"alpha {a:.3g}: {r:.0%}" for a, r in tried)
-    raise SteerhealError(
-        f"dose walk: no usable data. Fewer than {keep_target:.0%} of {len(probe)} probe pairs survived the filters "
-        f"at every alpha down to alpha_min={alpha_min} ({rates}). Lower the target KL, loosen the filters, or "
-        "check the vector."
-    )
-
-
 def write_pairs(path: str | Path, pairs: Sequence[PreferencePair]) -> Path:
     """pairs.jsonl: one JSON object per line, kept and dropped alike, written atomically."""
     path = Path(path)
@@ -276,26 +224,3 @@ def read_pairs(path: str | Path) -> list[PreferencePair]:
             raise SteerhealError(f"{path}:{n}: unknown format_version; expected {FORMAT_VERSION}")
         pairs.append(PreferencePair.from_json(data, f"{path}:{n}"))
     return pairs
-
-
-def walk_and_pair(
-    model: nn.Module,
-    tok: PreTrainedTokenizerBase,
-    vector: Vector,
-    prompts: Sequence[str],
-    walk: DoseWalk,
-    seed: int = 0,
-    sampling: SamplingConfig = SamplingConfig(),
-    filters: FilterConfig | None = None,
-    include_eos: bool = True,
-) -> list[PreferencePair]:
-    """Pairs for every prompt at the walk's alpha, reusing the probe's pairs for the first prompts: equal to
-    `make_pairs(prompts, walk.alpha, seed)` in one call, without sampling the probe twice."""
-    done = walk.probe_pairs
-    if [p.prompt for p in done] != list(prompts[: len(done)]):
-        raise SteerhealError("walk_and_pair: the walk's probe was not the first prompts of this list")
-    rest = list(prompts[len(done) :])
-    if not rest:
-        return list(done)
-    more = make_pairs(model, tok, vector, rest, walk.alpha, seed, sampling, filters, include_eos, len(done))
-    return [*done, *more]

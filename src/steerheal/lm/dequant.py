@@ -1,7 +1,8 @@
 """The dense float32 weight a layer computes with, also when bitsandbytes stores it in 4 bits.
 
 Baking merges LoRA deltas into dense weights. peft's own merge on a 4-bit base adds the delta and
-re-quantises, which throws most of a small delta away (prior-art pitfall 9), so steerheal de-quantises
+re-quantises, which throws most of a small delta away (measured in docs/adapter.md: logits off by 2.1 where
+the adapters moved them by 1.6), so steerheal de-quantises
 every 4-bit weight itself and merges in float32. bitsandbytes keeps a 4-bit weight in one of two
 layouts: the standard one (`dequantize_4bit` reads it) and, on CPUs with AVX512-BF16 after the first
 inference forward, a repacked one with bfloat16 block scales, which `dequantize_4bit` cannot read; that

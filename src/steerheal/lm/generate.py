@@ -15,11 +15,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from steerheal.read.capture import model_device
 from steerheal.errors import SteerhealError
-from steerheal.lm.model import context_length, unwrap
-from steerheal.seeds import derived_seed
+from steerheal.lm.blocks import context_length, model_device, unwrap
 from steerheal.lm.texts import Text, encode, left_pad, length_sorted_batches, require_pad_token
+from steerheal.seeds import derived_seed
 
 
 def stop_ids(model: nn.Module, tok: PreTrainedTokenizerBase) -> frozenset[int]:

@@ -2,7 +2,8 @@
 
 A batch is laid out as left-padded `prompt ids + completion ids` (never re-tokenised text). The model is
 asked for the logits of the last `keep` columns only (`logits_to_keep`), so no `[batch, length, vocab]`
-tensor exists; `scored` marks which kept columns predict a completion token.
+tensor exists; `scored` marks which kept columns predict a completion token. `token_kl` compares two such
+score tensors per token, in float32 (calibration, verification and the heal barrier all use it).
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ from jaxtyping import Bool, Float
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
-from steerheal.read.capture import model_device
+from steerheal.errors import SteerhealError
+from steerheal.lm.blocks import model_device
 from steerheal.lm.texts import Batch, encode_ids, left_pad
+
+DIRECTIONS = ("rev", "fwd")
 
 
 @dataclass(frozen=True)
@@ -77,3 +81,22 @@ def completion_token_logprobs(
         picked = log_probs.gather(-1, targets[:, None]).squeeze(-1)
         out.extend(picked.split([len(row) for row in rows]))
     return out
+
+
+def token_kl(
+    student_logits: Float[Tensor, "n vocab"],
+    ref_logits: Float[Tensor, "n vocab"],
+    direction: str = "rev",
+) -> Float[Tensor, " n"]:
+    """Per-token KL over the vocabulary, from logits (or log-probabilities), in float32."""
+    if direction not in DIRECTIONS:
+        raise SteerhealError(f"direction={direction!r}: use 'rev' (KL(student‖ref)) or 'fwd' (KL(ref‖student))")
+    student = f32(student_logits).log_softmax(-1)
+    ref = f32(ref_logits).log_softmax(-1)
+    p, log_p, log_q = (student.exp(), student, ref) if direction == "rev" else (ref.exp(), ref, student)
+    return (p * (log_p - log_q)).sum(-1).clamp(min=0.0)  # exact KL is >= 0; rounding can dip below
+
+
+def f32(x: Tensor) -> Tensor:
+    """At least float32: half precisions are upcast, float64 stays (gradient checks run in float64)."""
+    return x if x.dtype == torch.float64 else x.float()

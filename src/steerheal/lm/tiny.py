@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
 
-from steerheal.lm.attention import use_broadcast_mask
 from steerheal.errors import SteerhealError
+from steerheal.lm.attention import use_broadcast_mask
 
 TINY_INIT_RANGE = 0.3
 TINY_VOCAB = 512

@@ -19,9 +19,9 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from steerheal.errors import SteerhealError
-from steerheal.read.persona import persona_contrast
-from steerheal.loop.runconfig import RunConfig
 from steerheal.lm.texts import Text
+from steerheal.loop.runconfig import RunConfig
+from steerheal.read.persona import persona_contrast
 
 BUILTIN_POS = "You are joyful, warm and full of delight."
 BUILTIN_NEG = "You are gloomy, cold and full of dread."
@@ -163,7 +163,7 @@ def _concept(config: RunConfig, tok: PreTrainedTokenizerBase) -> Concept:
             prompts,
         )
     if c.source == "persona":
-        from steerheal.read.corpus import Persona
+        from steerheal.read.persona_files import Persona
 
         if c.persona_file is None or c.off_target_file is None:
             raise SteerhealError("concept.source='persona' needs concept.persona_file and concept.off_target_file")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from steerheal.errors import SteerhealError
-from steerheal.lm.model import load_model
+from steerheal.lm.load import load_model
 from steerheal.lm.tiny import TINY_ARCHS, tiny_model
 
 TOYWORLD = "toyworld"

@@ -1,11 +1,12 @@
 """The loop: rounds of re-extract → calibrate → pairs → heal → fold → verify → checkpoint, resumable.
 
 Each round re-reads the teacher vector on the current student (every folded round on, no steering) and
-re-calibrates its dose, because a fixed dose over-steers later rounds (prior-art pitfall 6). Random state
-for round k derives from (seed, k) alone, so a resumed round replays exactly what an uninterrupted run
-would have done. Stop rules, in order: the coherence floor (absolute, before any ratio: a coherent student
-that moved nothing must not look like success), a minimum gain in retain per round, the maximum number of
-rounds. A round is complete when its manifest is written; `--resume` continues after the last complete one.
+re-calibrates its dose, because a fixed dose over-steers later rounds (as the public steer-heal-love loop
+found). Random state for round k derives from (seed, k) alone, so a resumed round replays exactly what an
+uninterrupted run would have done. Stop rules, in order: the coherence floor (absolute, before any ratio: a
+coherent student that moved nothing must not look like success), a minimum gain in retain per round, the
+maximum number of rounds. A round is complete when its manifest is written; `--resume` continues after the
+last complete one.
 """
 
 from __future__ import annotations
@@ -23,19 +24,20 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from steerheal.adapter.gated import GatedLoRA
-from steerheal.loop.concepts import Concept, build_concept
+from steerheal.dose.filters import FilterConfig
+from steerheal.dose.pairs import write_pairs
+from steerheal.dose.walk import dose_walk, walk_and_pair
 from steerheal.errors import SteerhealError
 from steerheal.files import atomic_write_bytes, atomic_write_json, read_json
-from steerheal.dose.filters import FilterConfig
-from steerheal.training.heal import heal
-from steerheal.training.losses import lam_schedule
+from steerheal.loop.concepts import Concept, build_concept
 from steerheal.loop.model_spec import check_spec, open_model
-from steerheal.dose.pairs import dose_walk, walk_and_pair, write_pairs
 from steerheal.loop.runconfig import RunConfig
 from steerheal.loop.rundir import CONFIG, RunDir, open_existing
-from steerheal.seeds import derived_seed
-from steerheal.read.vector import Vector
 from steerheal.loop.verify import Reference, build_reference, verify_round
+from steerheal.read.vector import Vector
+from steerheal.seeds import derived_seed
+from steerheal.training.heal import heal
+from steerheal.training.losses import lam_schedule
 
 
 def round_seed(seed: int, k: int) -> int:

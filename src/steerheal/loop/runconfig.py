@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from steerheal.errors import SteerhealError
 from steerheal.dose.filters import FilterConfig
-from steerheal.training.heal import HealConfig
 from steerheal.dose.pairs import SamplingConfig
+from steerheal.errors import SteerhealError
+from steerheal.training.heal import HealConfig
 
 PRESETS = ("toyworld", "fast-dev-run", "real")
 
@@ -78,7 +78,8 @@ class AdapterConfig:
 
 @dataclass(frozen=True)
 class StopConfig:
-    """When to stop: the coherence floor is absolute and checked before any ratio (prior-art pitfall 1)."""
+    """When to stop: the coherence floor is absolute and checked before any ratio (a coherent adapter that moved
+    nothing would otherwise pass as a success)."""
 
     max_rounds: int = 3
     min_grammar_ok: float = 0.9

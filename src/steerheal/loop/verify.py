@@ -33,16 +33,16 @@ from transformers import PreTrainedTokenizerBase
 
 from steerheal.adapter.gated import GatedLoRA
 from steerheal.dose.calibrate import statistic
-from steerheal.read.capture import capture
-from steerheal.loop.concepts import Concept, Contrast
+from steerheal.dose.filters import distinct_n, is_degenerate, ngram_repetition
 from steerheal.errors import SteerhealError
-from steerheal.dose.filters import is_degenerate, ngram_repetition
 from steerheal.lm.generate import decode, sample
-from steerheal.training.losses import token_kl
-from steerheal.lm.scoring import completion_batches, completion_token_logprobs, scored_log_probs
-from steerheal.read.steering import steering_active
+from steerheal.lm.scoring import completion_batches, completion_token_logprobs, scored_log_probs, token_kl
 from steerheal.lm.texts import encode_prompts
-from steerheal.toyworld.metrics import distinct_n
+from steerheal.loop.concepts import Concept, Contrast
+from steerheal.read.capture import capture
+from steerheal.read.quality import heldout_scores
+from steerheal.read.readout import Readout, read_corpus
+from steerheal.read.steering import steering_active
 from steerheal.read.vector import Vector
 
 
@@ -172,8 +172,6 @@ class BaseReadout:
 
 
 def _heldout_auroc(readout: Any, acts: Any, corpus: Any, seed: int) -> dict[str, float]:
-    from steerheal.read.quality import heldout_scores
-
     scores = heldout_scores(readout, acts, corpus, 0.3, seed)
     return {c: sum(scores[layer][c][0] for layer in scores) / len(scores) for c in readout.concepts}
 
@@ -181,8 +179,6 @@ def _heldout_auroc(readout: Any, acts: Any, corpus: Any, seed: int) -> dict[str,
 def base_readout(
     model: nn.Module, adapter: GatedLoRA, tok: PreTrainedTokenizerBase, corpus: Any, layers: list[int], seed: int
 ) -> BaseReadout:
-    from steerheal.read.readout import Readout, read_corpus
-
     with adapter.reference("base"):
         acts = read_corpus(model, tok, corpus, layers, "mean")
     readout = Readout.fit(acts, corpus, "mean_diff")
@@ -192,8 +188,6 @@ def base_readout(
 def readout_survival(
     model: nn.Module, tok: PreTrainedTokenizerBase, corpus: Any, base: BaseReadout, seed: int
 ) -> dict[str, Any]:
-    from steerheal.read.readout import Readout, read_corpus
-
     acts = read_corpus(model, tok, corpus, base.readout.layers, "mean")
     student = Readout.fit(acts, corpus, "mean_diff")
     layers = base.readout.layers

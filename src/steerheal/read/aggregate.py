@@ -8,10 +8,11 @@ direction; for `mean_diff` it equals the norm of the mean difference).
   `mean_aggregator` subtracts row by row and fails when the two sets differ in size (a corpus concept has
   far more negatives than positives). On paired inputs the two agree (tested).
 - `pca`: steering-vectors' `pca_aggregator`, the first principal axis of the paired differences *and
-  their negatives*, uncentred. Mirroring the differences makes their mean zero by construction, so the
-  constant shift that *is* the concept stays in the data as variance. A centred PCA of the differences
-  subtracts that shift first and returns the largest noise axis instead (prior-art pitfall 7; the test
-  plants a concept where centred PCA finds cosine ~0 and this finds > 0.9). Needs pairs.
+  their negatives*, uncentred. Mirroring the differences makes their mean zero by construction, so the constant shift
+  that *is* the concept stays in the data as variance. A centred PCA of the differences subtracts that shift first
+  and returns the largest noise axis instead (reported by the public amygdala readout project: cosine 0.03 to a
+  planted direction where mean-diff got 0.94; the test plants a concept where centred PCA finds cosine ~0 and this
+  finds > 0.9). Needs pairs.
 - `logistic`: scikit-learn logistic regression (L2, balanced class weights, intercept fitted) on
   activations centred at the midpoint of the two class means; the coefficient vector, normalised. C is
   chosen by 3-fold cross-validated accuracy over 1e-4..1e2, because a fixed C is a different strength on

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from steerheal.errors import SteerhealError
-from steerheal.lm.model import context_length, decoder_layers, hidden_size, n_layers, unwrap
+from steerheal.lm.blocks import block_hidden, context_length, decoder_layers, hidden_size, model_device, n_layers
 from steerheal.lm.texts import Batch, Text, encode, left_pad, length_sorted_batches, require_pad_token
 
 POOLED: tuple[str, ...] = ("last", "prompt_end", "mean")  # one vector per text
@@ -34,11 +34,6 @@ POSITIONS: tuple[str, ...] = (*POOLED, "all")
 
 class _StopForward(Exception):
     """Raised by the hook of the deepest requested block: nothing after it is needed."""
-
-
-def block_hidden(output: Any) -> Tensor:
-    """The hidden state in a decoder block's output (a tensor, or a tuple whose first entry it is)."""
-    return output[0] if isinstance(output, tuple) else output
 
 
 def check_layers(model: nn.Module, layers: Sequence[int]) -> list[int]:
@@ -103,10 +98,6 @@ def recording(model: nn.Module, layers: Sequence[int]) -> Iterator[dict[int, Ten
 def _statistics_dtype(hidden: Tensor) -> Tensor:
     """float32 for everything narrower; float64 stays float64."""
     return hidden.cpu().to(torch.float64 if hidden.dtype == torch.float64 else torch.float32)
-
-
-def model_device(model: nn.Module) -> torch.device:
-    return unwrap(model).get_input_embeddings().weight.device
 
 
 def _forward_batches(

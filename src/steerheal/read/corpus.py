@@ -1,4 +1,4 @@
-"""Concept corpora on disk: which texts are each concept's positives and negatives; persona prompt files.
+"""Concept corpora on disk: which texts are each concept's positives and negatives.
 
 Layout of a corpus folder (every file UTF-8; a file holds one or more texts separated by blank lines, so a
 text is one paragraph):
@@ -13,15 +13,11 @@ text is one paragraph):
 A concept's positives are its texts; its negatives are every other text of the corpus: the other
 concepts', the baselines and the `_*.txt` pool. Texts are kept raw (no chat template) and de-duplicated, so
 a capture pass over `corpus.texts` forwards each unique text once however many concepts use it.
-Everything is validated here, before any model loads.
-
-Persona files (`personas/<name>.json`: `{"system_pos", "system_neg", "prompts"}`) load into `Persona`,
-whose `contrast(tok)` gives the `persona_contrast` texts.
+Everything is validated here, before any model loads. Persona prompt files live in `persona_files.py`.
 """
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections.abc import Sequence
@@ -37,7 +33,6 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from steerheal.errors import SteerhealError
-from steerheal.read.persona import persona_contrast
 
 FOLDERS = ("stories", "paired", "direct")
 BASELINE = "baseline"
@@ -255,14 +250,14 @@ def read_texts(path: Path, root: Path) -> list[str]:
     return texts
 
 
-def _visible(folder: Path) -> list[Path]:
+def visible_entries(folder: Path) -> list[Path]:
     """The folder's entries, sorted, without hidden files (editor and OS droppings such as .DS_Store)."""
     return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
 
 
 def _txt_files(folder: Path, root: Path) -> list[Path]:
     out = []
-    for path in _visible(folder):
+    for path in visible_entries(folder):
         if not path.is_file() or path.suffix != ".txt":
             raise SteerhealError(
                 f"corpus {str(root)!r}: unexpected {path.relative_to(root)} (only .txt files belong in "
@@ -273,7 +268,7 @@ def _txt_files(folder: Path, root: Path) -> list[Path]:
 
 
 def _read_folder(root: Path) -> list[_Entry]:
-    for path in _visible(root):
+    for path in visible_entries(root):
         if path.is_dir() and path.name not in FOLDERS:
             raise SteerhealError(
                 f"corpus {str(root)!r}: unexpected folder {path.name}/ (a corpus has {', '.join(FOLDERS)}); "
@@ -295,7 +290,7 @@ def _read_folder(root: Path) -> list[_Entry]:
             _check_concept_name(path, root)
             add(path, "stories", path.stem)
     if (root / "paired").is_dir():
-        for scenario in _visible(root / "paired"):
+        for scenario in visible_entries(root / "paired"):
             if not scenario.is_dir():
                 raise SteerhealError(
                     f"corpus {str(root)!r}: paired/ holds scenario folders, but {scenario.relative_to(root)} "
@@ -363,83 +358,3 @@ def _from_entries(root: Path, entries: list[_Entry]) -> Corpus:
             texts.append(entry.text)
             sources.append([entry.source])
     return Corpus(root, tuple(texts), tuple(tuple(s) for s in sources))
-
-
-# ---------------------------------------------------------------------- personas
-PERSONA_KEYS = frozenset({"system_pos", "system_neg", "prompts"})
-PERSONA_OPTIONAL = frozenset({"description"})
-
-
-@dataclass(frozen=True)
-class Persona:
-    """Two system prompts to contrast over neutral user prompts (`personas/<name>.json`)."""
-
-    name: str
-    system_pos: str
-    system_neg: str
-    prompts: tuple[str, ...]
-    description: str = ""
-
-    @classmethod
-    def load(cls, path: str | Path) -> Persona:
-        path = Path(path)
-        what = f"persona file {str(path)!r}"
-        if not path.is_file():
-            raise SteerhealError(f"{what} does not exist")
-        if path.suffix != ".json":
-            raise SteerhealError(f"{what}: persona files are <name>.json")
-        if not NAME.fullmatch(path.stem):
-            raise SteerhealError(f"{what}: the name {path.stem!r} is not a plain identifier; rename the file")
-        try:
-            data = json.loads(path.read_bytes().decode("utf-8"))
-        except UnicodeDecodeError as err:
-            raise SteerhealError(f"{what} is not UTF-8 ({err.reason}); re-save it as UTF-8") from err
-        except json.JSONDecodeError as err:
-            raise SteerhealError(f"{what} is not valid JSON ({err})") from err
-        if not isinstance(data, dict):
-            raise SteerhealError(f"{what} must hold a JSON object with keys {sorted(PERSONA_KEYS)}")
-        missing, unknown = PERSONA_KEYS - set(data), set(data) - PERSONA_KEYS - PERSONA_OPTIONAL
-        if missing or unknown:
-            raise SteerhealError(
-                f"{what}: missing keys {sorted(missing)}, unknown keys {sorted(unknown)}; a persona file holds "
-                f"{sorted(PERSONA_KEYS)} (and optionally {sorted(PERSONA_OPTIONAL)})"
-            )
-        for key in ("system_pos", "system_neg"):
-            if not isinstance(data[key], str) or not data[key].strip():
-                raise SteerhealError(f"{what}: {key} must be a non-empty string")
-        prompts = data["prompts"]
-        if not isinstance(prompts, list) or not prompts:
-            raise SteerhealError(f"{what}: prompts must be a non-empty list of user prompts")
-        for i, prompt in enumerate(prompts):
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise SteerhealError(f"{what}: prompts[{i}] must be a non-empty string")
-        if len(set(prompts)) != len(prompts):
-            logger.warning(f"{what}: some prompts repeat; each repeat is read again and weighs twice")
-        if data["system_pos"] == data["system_neg"]:
-            raise SteerhealError(f"{what}: system_pos and system_neg are identical; there is nothing to contrast")
-        description = data.get("description", "")
-        if not isinstance(description, str):
-            raise SteerhealError(f"{what}: description must be a string")
-        return cls(path.stem, data["system_pos"], data["system_neg"], tuple(prompts), description)
-
-    def contrast(self, tok: PreTrainedTokenizerBase, **template_kwargs: Any) -> tuple[list[str], list[str]]:
-        """(pos, neg) templated prompts ending at the assistant tag: read them with position="prompt_end"."""
-        return persona_contrast(tok, self.system_pos, self.system_neg, self.prompts, **template_kwargs)
-
-
-def load_personas(directory: str | Path) -> dict[str, Persona]:
-    """Every `<name>.json` of a personas folder, by name; anything else in it is an error."""
-    root = Path(directory)
-    if not root.is_dir():
-        raise SteerhealError(f"personas folder {str(root)!r} does not exist")
-    out = {}
-    for path in _visible(root):
-        if path.suffix == ".md" and path.is_file():
-            continue
-        if path.suffix != ".json" or not path.is_file():
-            raise SteerhealError(f"personas folder {str(root)!r}: unexpected {path.name} (only <name>.json files)")
-        persona = Persona.load(path)
-        out[persona.name] = persona
-    if not out:
-        raise SteerhealError(f"personas folder {str(root)!r} holds no <name>.json persona files")
-    return out

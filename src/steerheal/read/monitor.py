@@ -23,9 +23,8 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
-from steerheal.read.capture import block_hidden
 from steerheal.errors import SteerhealError
-from steerheal.lm.model import decoder_layers, unwrap
+from steerheal.lm.blocks import block_hidden, decoder_layers, unwrap
 
 if TYPE_CHECKING:
     from steerheal.read.readout import Readout

@@ -32,20 +32,18 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
-from steerheal.read.corpus import Corpus
 from steerheal.errors import SteerhealError
 from steerheal.files import atomic_write_json, provenance
-from steerheal.lm.model import mlp_write_directions
-
-if TYPE_CHECKING:
-    from steerheal.read.readout import CorpusActivations, Readout
+from steerheal.lm.blocks import mlp_write_directions
+from steerheal.read.corpus import Corpus
+from steerheal.read.readout import CorpusActivations, Readout, read_corpus
 
 CLEAN_PC1 = 0.7
 FRAGMENTED_PC1 = 0.4
@@ -155,8 +153,6 @@ def heldout_scores(
     readout: Readout, acts: CorpusActivations, corpus: Corpus, heldout: float, seed: int
 ) -> dict[int, dict[str, tuple[float, float]]]:
     """{layer: {concept: (held-out AUROC, held-out top-1)}} from a readout refitted on the training split."""
-    from steerheal.read.readout import Readout
-
     train, test = corpus.split(heldout, seed)
     refit = Readout.fit(acts, train, readout.method, readout.fingerprint)
     rows_train, rows_test = acts.rows(train), acts.rows(test)
@@ -191,8 +187,6 @@ def quality(
 ) -> QualityReport:
     """The report (see the module docstring). One capture pass, or none when `acts` are given."""
     import polars as pl
-
-    from steerheal.read.readout import read_corpus
 
     if set(corpus.concepts) != set(readout.concepts):
         raise SteerhealError(

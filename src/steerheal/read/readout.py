@@ -28,6 +28,10 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
+from steerheal.errors import SteerhealError
+from steerheal.files import atomic_save_safetensors, atomic_write_json, check_finite, provenance, read_tensor_folder
+from steerheal.lm.fingerprint import Fingerprint, fingerprint, warn_if_made_for_another
+from steerheal.lm.texts import Text
 from steerheal.read.aggregate import (
     METHODS,
     MIN_PER_SIDE_FOR_CV,
@@ -40,10 +44,6 @@ from steerheal.read.aggregate import (
 )
 from steerheal.read.capture import capture, capture_each, check_fits, check_layers, check_position
 from steerheal.read.corpus import NAME, Corpus
-from steerheal.errors import SteerhealError
-from steerheal.files import atomic_save_safetensors, atomic_write_json, check_finite, provenance, read_tensor_folder
-from steerheal.lm.model import Fingerprint, fingerprint, warn_if_made_for_another
-from steerheal.lm.texts import Text
 from steerheal.read.vector import Vector, default_layers
 
 if TYPE_CHECKING:

@@ -1,10 +1,10 @@
 """Add a fixed shift to the residual stream at chosen blocks, at every position of every forward call.
 
-Steering every position is what makes it KV-cache safe: under cached `generate` each call carries only
-the new token, and it is steered; the cached keys and values were computed from steered states when
-their tokens were forwarded. (Libraries that count positions per call steer only the first generated
-token once the cache is on: prior-art pitfall 8.) Active steering is registered per model, so that
-training code can refuse to run with a steering hook left on.
+Steering every position is what makes it KV-cache safe: under cached `generate` each call carries only the new token,
+and it is steered; the cached keys and values were computed from steered states when their tokens were forwarded.
+(Libraries that count positions per call steer only the first generated token once the cache is on: steering-vectors
+0.12's `token_indices` selection is per call.) Active steering is registered per model, so that training code can
+refuse to run with a steering hook left on.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from steerheal.read.capture import block_hidden
-from steerheal.lm.model import decoder_layers, unwrap
+from steerheal.lm.blocks import block_hidden, decoder_layers, unwrap
 
 _ACTIVE: weakref.WeakKeyDictionary[nn.Module, int] = weakref.WeakKeyDictionary()
 

@@ -19,13 +19,14 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
-from steerheal.read.aggregate import check_method, direction
-from steerheal.read.capture import capture, check_fits, check_layers, check_position
 from steerheal.errors import SteerhealError
 from steerheal.files import atomic_save_safetensors, atomic_write_json, check_finite, provenance, read_tensor_folder
-from steerheal.lm.model import Fingerprint, fingerprint, n_layers, warn_if_made_for_another
-from steerheal.read.steering import add_to_residual
+from steerheal.lm.blocks import n_layers
+from steerheal.lm.fingerprint import Fingerprint, fingerprint, warn_if_made_for_another
 from steerheal.lm.texts import Text
+from steerheal.read.aggregate import check_method, direction
+from steerheal.read.capture import capture, check_fits, check_layers, check_position
+from steerheal.read.steering import add_to_residual
 
 FORMAT_VERSION = 1
 TENSOR_FILE = "vector.safetensors"

@@ -11,10 +11,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from steerheal.errors import SteerhealError
 from steerheal.lm.generate import decode
 from steerheal.lm.generate import sample as sample_ids
-from steerheal.lm.model import load_model
-from steerheal.toyworld.train import CHECKPOINT_NAME
-from steerheal.toyworld.world import neutral_prompts
+from steerheal.lm.load import load_model
 from steerheal.read.vector import Vector
+from steerheal.toyworld.world import neutral_prompts
+
+CHECKPOINT_NAME = "toyworld-lm"
 
 
 def checkpoint_dir() -> Path:

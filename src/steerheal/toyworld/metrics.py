@@ -69,8 +69,3 @@ def topic_consistency(text: str, topic: str | None = None) -> float:
         return 0.0
     topic = topic or Counter(topics).most_common(1)[0][0]
     return sum(t == topic for t in topics) / len(topics)
-
-
-def distinct_n(texts: Iterable[str], n: int = 2) -> float:
-    grams = [tuple(ws[i : i + n]) for ws in (t.split() for t in texts) for i in range(len(ws) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else 0.0

@@ -16,11 +16,13 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from steerheal.dose.filters import distinct_n
+from steerheal.lm.blocks import n_layers
 from steerheal.read.capture import residual_norm
-from steerheal.lm.model import n_layers
 from steerheal.read.persona import persona_contrast
+from steerheal.read.vector import Vector, default_layers
 from steerheal.toyworld.load import chat_prompts, sample
-from steerheal.toyworld.metrics import distinct_n, grammar_ok, mood_rates, topic_consistency
+from steerheal.toyworld.metrics import grammar_ok, mood_rates, topic_consistency
 from steerheal.toyworld.world import (
     BASE_MOODS,
     MOOD_WORD_P,
@@ -30,7 +32,6 @@ from steerheal.toyworld.world import (
     contrast_set,
     neutral_prompts,
 )
-from steerheal.read.vector import Vector, default_layers
 
 
 def expected_rates() -> dict[str, float]:

@@ -19,13 +19,12 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from steerheal.files import atomic_write_json, provenance
-from steerheal.lm.model import fingerprint
+from steerheal.lm.fingerprint import fingerprint
 from steerheal.lm.texts import Encoded, left_pad
 from steerheal.lm.tiny import seeded_model
+from steerheal.toyworld.load import CHECKPOINT_NAME, checkpoint_dir
 from steerheal.toyworld.tokenizer import CONTEXT, build_tokenizer
 from steerheal.toyworld.world import Dialogue, heldout_dialogues, training_dialogues
-
-CHECKPOINT_NAME = "toyworld-lm"
 
 
 @dataclass(frozen=True)
@@ -188,8 +187,6 @@ def save(model: PreTrainedModel, tok: PreTrainedTokenizerFast, report: dict[str,
 
 def main() -> None:
     import tyro
-
-    from steerheal.toyworld.load import checkpoint_dir
 
     args = tyro.cli(TrainConfig)
     train(args, out=checkpoint_dir())

@@ -19,9 +19,10 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 from steerheal.errors import SteerhealError
-from steerheal.training.losses import DIRECTIONS, f32, predicting_mask
-from steerheal.lm.model import unwrap
+from steerheal.lm.blocks import unwrap
+from steerheal.lm.scoring import DIRECTIONS, f32
 from steerheal.lm.texts import Batch
+from steerheal.training.losses import predicting_mask
 
 
 def decoder(model: nn.Module) -> nn.Module:

@@ -11,7 +11,7 @@ loss is computed through the memory-bounded path (`bounded.py`). The model runs 
 (no dropout), so the reference is the student's own function with the round switched off.
 
 A steering hook left on while training is an error: steering during fine-tuning blocks learning the trait
-(preventative steering, prior-art.md).
+(the "preventative steering" result of Chen et al., *Persona Vectors*, 2025).
 """
 
 from __future__ import annotations
@@ -28,6 +28,12 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from steerheal.adapter.gated import GatedLoRA
+from steerheal.dose.pairs import PreferencePair
+from steerheal.errors import SteerhealError
+from steerheal.lm.blocks import model_device, unwrap
+from steerheal.lm.scoring import DIRECTIONS
+from steerheal.lm.texts import Batch, Encoded, left_pad
+from steerheal.read.steering import steering_active
 from steerheal.training.bounded import (
     Positions,
     completion_positions,
@@ -38,13 +44,7 @@ from steerheal.training.bounded import (
     sequence_sums,
     token_scores,
 )
-from steerheal.read.capture import model_device
-from steerheal.errors import SteerhealError
-from steerheal.training.losses import AGGREGATES, DIRECTIONS, aggregate_kl, barrier, dpo_loss, orpo_loss
-from steerheal.lm.model import unwrap
-from steerheal.dose.pairs import PreferencePair
-from steerheal.read.steering import steering_active
-from steerheal.lm.texts import Batch, Encoded, left_pad
+from steerheal.training.losses import AGGREGATES, aggregate_kl, barrier, dpo_loss, orpo_loss
 
 PREFS = ("none", "orpo", "dpo")
 KL_REFS = ("base", "prev")
@@ -54,7 +54,8 @@ Events = Callable[[dict[str, Any]], None]
 
 @dataclass(frozen=True)
 class HealConfig:
-    """One round's training. Defaults follow the steer-heal lineage scaled to small data (prior-art.md)."""
+    """One round's training. Defaults follow the public steer-heal-love recipe (LoRA in the 20-80% depth band,
+    AdamW, NLL + λ·relu(D − τ) with D the reverse KL to a reference) scaled to small data."""
 
     lr: float = 2e-4
     epochs: int = 3

@@ -14,14 +14,9 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from steerheal.errors import SteerhealError
+from steerheal.lm.scoring import f32, token_kl
 
-DIRECTIONS = ("rev", "fwd")
 AGGREGATES = ("mean", "rmse", "p95", "max")
-
-
-def f32(x: Tensor) -> Tensor:
-    """At least float32: half precisions are upcast, float64 stays (gradient checks run in float64)."""
-    return x if x.dtype == torch.float64 else x.float()
 
 
 def predicting_mask(completion_mask: Bool[Tensor, "batch length"]) -> Bool[Tensor, "batch length-1"]:
@@ -93,20 +88,6 @@ def orpo_loss(
 ) -> Float[Tensor, " batch"]:
     """ORPO's odds-ratio term only: −λ · log σ(logodds(m_c) − logodds(m_r)) on mean completion log-probs."""
     return -lam * F.logsigmoid(logodds(chosen_mean) - logodds(rejected_mean))
-
-
-def token_kl(
-    student_logits: Float[Tensor, "n vocab"],
-    ref_logits: Float[Tensor, "n vocab"],
-    direction: str = "rev",
-) -> Float[Tensor, " n"]:
-    """Per-token KL over the vocabulary, from logits (or log-probabilities), in float32."""
-    if direction not in DIRECTIONS:
-        raise SteerhealError(f"direction={direction!r}: use 'rev' (KL(student‖ref)) or 'fwd' (KL(ref‖student))")
-    student = f32(student_logits).log_softmax(-1)
-    ref = f32(ref_logits).log_softmax(-1)
-    p, log_p, log_q = (student.exp(), student, ref) if direction == "rev" else (ref.exp(), ref, student)
-    return (p * (log_p - log_q)).sum(-1).clamp(min=0.0)  # exact KL is >= 0; rounding can dip below
 
 
 def _safe_sqrt(x: Tensor) -> Tensor:
