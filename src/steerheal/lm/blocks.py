@@ -114,7 +114,7 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     raise SteerhealError(
         f"cannot find the decoder blocks of {type(inner).__name__} (model_type={model_type!r}, "
         f"num_hidden_layers={expected}); tried {tried}. Add the model's block path to "
-        f"steerheal.lm.model.DECODER_LAYER_PATHS."
+        f"steerheal.lm.blocks.DECODER_LAYER_PATHS."
     )
 
 
@@ -127,7 +127,7 @@ def mlp_write_directions(model: nn.Module, layer: int) -> Float[Tensor, "neurons
     model_type = getattr(inner.config, "model_type", None)
     if model_type not in MLP_OUT_PATHS:
         raise SteerhealError(
-            f"no MLP output path is known for model_type {model_type!r}; add it to steerheal.lm.model.MLP_OUT_PATHS"
+            f"no MLP output path is known for model_type {model_type!r}; add it to steerheal.lm.blocks.MLP_OUT_PATHS"
         )
     path, linear = MLP_OUT_PATHS[model_type]
     module = _resolve(decoder_layers(inner)[layer], path)

@@ -168,7 +168,7 @@ class Corpus:
         small = sorted(c for c, n in counts.items() if n < 2)
         if small:
             raise SteerhealError(f"split: concepts {small} have fewer than 2 texts, so one side would lack them")
-        rng = random.Random(f"steerheal.read.corpus.split:{seed}")
+        rng = random.Random(f"steerheal.corpus.split:{seed}")  # wave 1's seed string: documented splits stay
         labels = self.labels
         held: set[int] = set()
         for j in range(len(self.concepts)):

@@ -353,11 +353,11 @@ class Readout:
         atomic_save_safetensors(
             directory / TENSOR_FILE,
             tensors,
-            {"format": "steerheal.read.readout", "format_version": str(FORMAT_VERSION)},
+            {"format": "steerheal.readout", "format_version": str(FORMAT_VERSION)},
         )
         meta = {
             "format_version": FORMAT_VERSION,
-            "kind": "steerheal.read.readout",
+            "kind": "steerheal.readout",
             "concepts": self.concepts,
             "layers": self.layers,
             "hidden_size": self.hidden_size,

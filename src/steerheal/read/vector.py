@@ -199,11 +199,11 @@ class Vector:
         atomic_save_safetensors(
             directory / TENSOR_FILE,
             tensors,
-            {"format": "steerheal.read.vector", "format_version": str(FORMAT_VERSION)},
+            {"format": "steerheal.vector", "format_version": str(FORMAT_VERSION)},
         )
         meta = {
             "format_version": FORMAT_VERSION,
-            "kind": "steerheal.read.vector",
+            "kind": "steerheal.vector",
             "layers": self.layers,
             "hidden_size": self.hidden_size,
             "dtype": "float32",
