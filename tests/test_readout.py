@@ -167,6 +167,7 @@ def test_files_round_trip_and_format(tmp_path):
     meta = json.loads((tmp_path / "ro" / "readout.json").read_text())
     assert meta["concepts"] == ["anger", "calm", "fear", "joy"] and meta["layers"] == [0, 2]
     assert meta["hidden_size"] == 64 and meta["dtype"] == "float32" and meta["format_version"] == 1
+    assert meta["kind"] == "steerheal.readout"  # the file format's name, fixed since wave 1
     assert meta["method"] == "subspace" and meta["position"] == "all" and meta["fingerprint"]["hidden_size"] == 64
     assert "git_commit" in meta and "steerheal_version" in meta
     with safe_open(str(tmp_path / "ro" / "readout.safetensors"), "pt") as f:

@@ -184,6 +184,11 @@ def test_save_load_round_trip(tmp_path):
     v.save(tmp_path / "v")
     meta = json.loads((tmp_path / "v" / "vector.json").read_text())
     assert meta["format_version"] == 1 and meta["layers"] == [1, 2] and meta["method"] == "pca"
+    assert meta["kind"] == "steerheal.vector"  # the file format's name, fixed since wave 1
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "v" / "vector.safetensors", "pt") as handle:
+        assert handle.metadata()["format"] == "steerheal.vector"
     assert meta["fingerprint"]["architecture"] == "Qwen3ForCausalLM" and meta["steerheal_version"] == sh.__version__
     w = sh.Vector.load(tmp_path / "v", model=model)
     assert (w.layers, w.method, w.position, w.coeff, w.calibration) == (
