@@ -16,9 +16,10 @@ import torch
 
 import steerheal as sh
 from steerheal.loop import report
-from steerheal.loop.rounds import _stop, load_run, run, verify_saved
+from steerheal.loop.rounds import RoundFailed, load_run, run, verify_saved
 from steerheal.loop.runconfig import RunConfig, preset
 from steerheal.loop.rundir import open_existing
+from steerheal.loop.stoprules import stop_rule as _stop
 
 
 def _flat(value, prefix=""):
@@ -163,6 +164,19 @@ def test_load_run_and_export_reproduce_the_student(tmp_path):
         merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")(ids).logits
     torch.testing.assert_close(peft_logits, student, rtol=0, atol=1e-5)
     torch.testing.assert_close(merged, student, rtol=0, atol=1e-4)
+    main(["export", str(root), "--peft", str(tmp_path / "peft")])  # a previous export may be written again
+    mode = 0o666 & ~_umask()
+    assert (tmp_path / "peft" / "adapter_model.safetensors").stat().st_mode & 0o777 == mode, "as save_pretrained"
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    for flag, folder in (("--peft", "mine"), ("--merged", "peft")):  # checked before the model loads
+        with pytest.raises(SystemExit, match="2"):
+            main(["export", str(root), flag, str(tmp_path / folder)])
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+    main(["export", str(root), "--peft", str(tmp_path / "mine"), "--overwrite"])
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "mine" and (
+        tmp_path / "mine" / "adapter_config.json"
+    ).is_file()
     _, _, first_adapter = load_run(root, 0)
     assert [r.name for r in first_adapter.history] == ["round_0"]
     with pytest.raises(sh.SteerhealError, match="round=5 is not one of them"):
@@ -171,20 +185,35 @@ def test_load_run_and_export_reproduce_the_student(tmp_path):
         main(["export", str(root)])
 
 
-def test_a_round_that_cannot_be_made_ends_the_run_with_a_record(tmp_path):
-    """Round 1 asks for an unreachable dose (round_decay 1e4): the run stops, keeping round 0, and says why."""
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def test_a_round_that_fails_is_an_error_not_a_stop_and_resume_retries_it(tmp_path, logs):
+    """Round 1 asks for an unreachable dose (round_decay 1e4): the run exits non-zero naming the round and the
+    exact --resume command, keeps round 0, records a round_failed event and no stop; --resume retries round 1."""
+    from steerheal.cli import main
+
+    args = ["run", "--preset", "fast-dev-run", "--model", "tiny:llama", "--runs-dir", str(tmp_path)]
+    args += ["--name", "fails", "--dose.round-decay", "1e4"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    message = next(m for m in logs if m.startswith("ERROR"))
+    assert "round 1 of run" in message and "above what this statistic reaches" in message
+    assert "to continue: steerheal run --preset fast-dev-run" in message and message.rstrip().endswith("--resume")
+    root = tmp_path / "fails"
+    assert not (root / "stopped.json").exists() and not (root / "run.lock").exists()
+    assert open_existing(root).complete_rounds() == [0]
+    assert [e["round"] for e in open_existing(root).events() if e["event"] == "round_failed"] == [1]
     base = preset("fast-dev-run")
     config = _config(tmp_path, "fails", dose=dataclasses.replace(base.dose, round_decay=1e4))
-    result = run(config)
-    assert result.rounds == [0] and result.stop_reason.startswith("round 1 could not be made")
-    record = json.loads((tmp_path / "fails" / "stopped.json").read_text())
-    assert record["last_round"] == 0 and "above what this statistic reaches" in record["reason"]
-    assert run(config, resume=True).metrics == [], "resuming a stopped run replays nothing"
-    assert (
-        "round 1 could not be made" in (tmp_path / "fails" / "report.md").read_text()
-        if report.build(tmp_path / "fails")
-        else False
-    )
+    with pytest.raises(RoundFailed, match="round 1 of run"):
+        run(config, resume=True)  # retried (and fails the same way): attempt 2 ran round 1 again
+    assert {e["attempt"] for e in open_existing(root).events() if e["event"] == "round_failed"} == {1, 2}
+    assert report.build(root)["md"].is_file(), "the complete rounds still make a report"
 
 
 def test_resume_drops_an_event_line_a_kill_cut_short(tmp_path):
@@ -194,7 +223,7 @@ def test_resume_drops_an_event_line_a_kill_cut_short(tmp_path):
     run_dir.log({"event": "x"})
     with open(tmp_path / "r" / "events.jsonl", "a") as handle:
         handle.write('{"event": "cut sh')
-    resumed = RunDir.resume(tmp_path / "r", {"a": 1}, 0)
+    resumed = RunDir.resume(tmp_path / "r", {"a": 1}, 0, normalise=lambda d: d)
     resumed.log({"event": "y"})
     assert [e["event"] for e in resumed.events()] == ["x", "y"] and resumed.attempt == 2
 

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import tyro
 from loguru import logger
 
 from steerheal.errors import SteerhealError
+from steerheal.files import check_output_folder
 from steerheal.lm.tiny import TINY_ARCHS
 from steerheal.loop.model_spec import TINY_PREFIX, TOYWORLD
 from steerheal.loop.runconfig import PRESETS, RunConfig, preset
@@ -37,9 +40,31 @@ Each command takes --help."""
 RUN_FLAGS = """steerheal run: flags handled before the RunConfig options below
   --preset NAME   toyworld (default for --model toyworld), fast-dev-run (default for tiny:<arch>; without a
                   --model it runs every tiny architecture), real (default for any other model)
-  --overwrite     replace an existing run directory
+  --overwrite     replace an existing run (only a folder steerheal made; after every option is checked)
   --resume        continue the run in runs_dir/name from its last complete round
+  --threads N     torch CPU threads (default: 1 for toyworld and tiny:<arch>; see docs/loop.md); not compared
+                  on --resume
 """
+
+ACTIVE: dict[str, Any] = {}
+"""The run `steerheal run` is writing now and its arguments: where Ctrl-C stopped, and how to resume."""
+
+
+def resume_command(args: list[str]) -> str:
+    """The exact command that continues the run these `steerheal run` arguments started."""
+    kept = [a for a in args if a != "--overwrite"]
+    return shlex.join(["steerheal", "run", *kept, *([] if "--resume" in kept else ["--resume"])])
+
+
+def _where(root: Path) -> str:
+    """Where a run stands, in words (for the Ctrl-C line)."""
+    from steerheal.loop.rundir import open_existing
+
+    try:
+        done = open_existing(root).complete_rounds()
+    except SteerhealError:
+        return f"before {root} held a run"
+    return f"in round {len(done)} of {root} (complete rounds: {done})"
 
 
 def _pop_flag(args: list[str], flag: str) -> bool:
@@ -90,6 +115,7 @@ def command_run(args: list[str]) -> None:
 
     if "-h" in args or "--help" in args:
         print(RUN_FLAGS)
+    original = list(args)
     overwrite, resume = _pop_flag(args, "--overwrite"), _pop_flag(args, "--resume")
     all_archs = _option(args, "--model") is None
     config, name = run_config(args, "steerheal run", "The loop (presets: see above).")
@@ -100,9 +126,19 @@ def command_run(args: list[str]) -> None:
             for arch in TINY_ARCHS
         ]
     for one in configs:
+        ACTIVE.update(root=one.runs_dir / one.name, args=original)
         result = run(one, overwrite=overwrite, resume=resume)
+        ACTIVE.clear()
         paths = report.build(result.root) if result.rounds else {}
         print(f"{one.model}: rounds {result.rounds}; stopped: {result.stop_reason}; report {paths.get('html', '-')}")
+
+
+def _checked(config: RunConfig) -> None:
+    """Every option checked before the model loads; the run's CPU threads set."""
+    from steerheal.loop.checks import validate
+
+    validate(config)
+    torch.set_num_threads(config.torch_threads())
 
 
 def command_extract(args: list[str]) -> None:
@@ -114,6 +150,7 @@ def command_extract(args: list[str]) -> None:
     if out is None and not ({"-h", "--help"} & set(args)):
         raise SteerhealError("steerheal extract needs --out DIR (where vector.safetensors and vector.json go)")
     config, _ = run_config(args, "steerheal extract --out DIR", "Read the concept's teacher vector and save it.")
+    _checked(config)
     model, tok = open_model(config.model, config.quant, config.device, config.seed)
     teacher = build_concept(config, tok).teacher
     vector = Vector.train(
@@ -132,6 +169,7 @@ def command_calibrate(args: list[str]) -> None:
     if folder is None and not ({"-h", "--help"} & set(args)):
         raise SteerhealError("steerheal calibrate needs --vector DIR (a vector saved by extract or Vector.save)")
     config, _ = run_config(args, "steerheal calibrate --vector DIR", "Set a saved vector's iso-KL dose.")
+    _checked(config)
     vector = Vector.load(Path(folder))  # type: ignore[arg-type]  # checked before the model loads
     model, tok = open_model(config.model, config.quant, config.device, config.seed)
     vector = Vector.load(Path(folder), model=model)  # type: ignore[arg-type]
@@ -171,6 +209,8 @@ class ExportArgs:
     round: int = -1
     peft: Path | None = None
     merged: Path | None = None
+    overwrite: bool = False
+    """Write into a non-empty folder that is not a previous export (its files of the same names are replaced)."""
 
 
 def command_verify(args: list[str]) -> None:
@@ -197,14 +237,19 @@ def command_report(args: list[str]) -> None:
 
 
 def command_export(args: list[str]) -> None:
+    from steerheal.adapter.gated import EXPORT_META_FILE
     from steerheal.loop.rounds import load_run
 
     parsed = tyro.cli(ExportArgs, args=args, prog="steerheal export")
     if (parsed.peft is None) == (parsed.merged is None):
         raise SteerhealError("steerheal export needs exactly one of --peft DIR or --merged DIR")
+    if parsed.peft is not None:
+        check_output_folder(parsed.peft, "--peft", EXPORT_META_FILE, parsed.overwrite)
+    else:
+        check_output_folder(parsed.merged, "--merged", None, parsed.overwrite)  # type: ignore[arg-type]
     _model, tok, adapter = load_run(parsed.run, parsed.round)
     if parsed.peft is not None:
-        adapter.export_peft(parsed.peft)
+        adapter.export_peft(parsed.peft, overwrite=parsed.overwrite)
         print(f"peft adapter -> {parsed.peft}")
     else:
         dense = adapter.bake()
@@ -224,6 +269,8 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The command line. A user error (a SteerhealError, an OS error) is one logged message and exit status 2,
+    never a traceback; Ctrl-C is one line saying where it stopped and how to resume (exit status 130)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         print(USAGE)
@@ -233,11 +280,29 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE, file=sys.stderr)
         raise SystemExit(f"steerheal: unknown command {args[0]!r}")
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 8)))
+    ACTIVE.clear()
     try:
         command(args[1:])
     except SteerhealError as err:
-        logger.error(str(err))
+        resume = f"; to continue: {resume_command(ACTIVE['args'])}" if _round_failed(err) and ACTIVE else ""
+        logger.error(f"{err}{resume}")
         raise SystemExit(2) from err
+    except OSError as err:  # a file system error no steerheal check caught: still no traceback
+        logger.error(f"{err}; check the path and the disk, then run again")
+        raise SystemExit(2) from err
+    except KeyboardInterrupt:
+        if ACTIVE:
+            line = f"interrupted {_where(ACTIVE['root'])}; continue with: {resume_command(ACTIVE['args'])}"
+        else:
+            line = f"interrupted ({args[0]}); no run was being written"
+        print(f"steerheal: {line}", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
+
+
+def _round_failed(err: SteerhealError) -> bool:
+    from steerheal.loop.rounds import RoundFailed
+
+    return isinstance(err, RoundFailed)
 
 
 if __name__ == "__main__":

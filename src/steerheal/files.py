@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -18,19 +19,65 @@ from safetensors.torch import save
 from steerheal.errors import SteerhealError
 
 
+def _umask() -> int:
+    """The process's umask (read by setting and restoring it: there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def os_error(err: OSError, path: Path, doing: str) -> SteerhealError:
+    """An OSError met while `doing` something to `path`, as a SteerhealError naming the path and the fix."""
+    fixes = {
+        errno.ENOSPC: "the disk is full: free space there (or pass --runs-dir on another disk), then --resume",
+        errno.EDQUOT: "the disk quota is used up: free space there (or pass --runs-dir elsewhere), then --resume",
+        errno.EROFS: "the file system is read-only: pass --runs-dir (or an output folder) on a writable disk",
+        errno.EACCES: "permission denied: pass a folder you can write to, or fix its permissions",
+        errno.EPERM: "permission denied: pass a folder you can write to, or fix its permissions",
+        errno.ENOTDIR: "a part of that path is a file, not a folder: pass another path",
+        errno.EEXIST: "a file of that name is in the way: move it or pass another path",
+    }
+    fix = fixes.get(err.errno, "check the path and the disk")
+    return SteerhealError(f"could not {doing} {path}: {err.strerror or err}; {fix}")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write to a temporary file in the same folder, fsync, then rename over `path`. The file gets the
+    permissions a plain `open` would give it (0666 less the umask), not mkstemp's owner-only 0600; an OS
+    error (a full disk, a read-only folder) is a SteerhealError naming the file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise os_error(err, path, "write") from err
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o666 & ~_umask())
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise os_error(err, path, "write") from err
         raise
+
+
+def check_output_folder(directory: Path, what: str, previous: str | None, overwrite: bool) -> None:
+    """An output folder may be missing, empty, or hold a previous output of the same kind (its file `previous`);
+    anything else is refused unless `overwrite`, so nothing of the user's is replaced silently."""
+    if directory.exists() and not directory.is_dir():
+        raise SteerhealError(f"{what} {directory}: is a file, not a folder; pass a folder (it is created if missing)")
+    if not directory.is_dir() or not any(directory.iterdir()) or overwrite:
+        return
+    if previous is not None and (directory / previous).is_file():
+        return
+    kind = f"a previous export (no {previous})" if previous else "empty"
+    raise SteerhealError(
+        f"{what} {directory}: the folder is not empty and is not {kind}; pass an empty or new folder, or add "
+        "--overwrite to write into it anyway (files of the same names are replaced, others are kept)"
+    )
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

@@ -36,7 +36,7 @@ from steerheal.adapter.lowrank import dense_delta, truncated_svd, weighted_conca
 from steerheal.adapter.peft_files import lora_keys, read_config, read_weights, write_adapter
 from steerheal.adapter.targets import check_band, linear_kind, select_targets
 from steerheal.errors import SteerhealError
-from steerheal.files import atomic_write_json, provenance, read_json
+from steerheal.files import atomic_write_json, check_output_folder, provenance, read_json
 from steerheal.lm.blocks import unwrap
 from steerheal.lm.fingerprint import Fingerprint, fingerprint, quantization
 
@@ -358,10 +358,19 @@ class GatedLoRA:
             parts.append((self.current, cur))
         return parts
 
-    def export_peft(self, directory: str | Path, history: float | Sequence[float] = 1.0, current: float = 1.0) -> Path:
+    def export_peft(
+        self,
+        directory: str | Path,
+        history: float | Sequence[float] = 1.0,
+        current: float = 1.0,
+        overwrite: bool = False,
+    ) -> Path:
         """One standard peft LoRA adapter (`PeftModel.from_pretrained(base, directory)`) equal to the student at
-        these gates: every round's factors concatenated, each B scaled by gate · alpha / r, lora_alpha = r."""
+        these gates: every round's factors concatenated, each B scaled by gate · alpha / r, lora_alpha = r.
+        A non-empty `directory` that is not a previous export is refused unless `overwrite`."""
         from peft import LoraConfig
+
+        check_output_folder(Path(directory), "export_peft", EXPORT_META_FILE, overwrite)
 
         parts = self._contributing(history, current, "export_peft")
         if not parts:

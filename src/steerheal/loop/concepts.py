@@ -10,6 +10,8 @@ An off-target contrast (another mood; another persona) gives the control that sh
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from importlib import resources
@@ -19,6 +21,7 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from steerheal.errors import SteerhealError
+from steerheal.files import os_error
 from steerheal.lm.texts import Text
 from steerheal.loop.runconfig import RunConfig
 from steerheal.read.persona import persona_contrast
@@ -142,9 +145,23 @@ def build_concept(config: RunConfig, tok: PreTrainedTokenizerBase, workdir: Path
 
         folder = workdir / "corpus"
         if not folder.is_dir():
-            world.write_corpus(folder, seed=config.seed)
+            _write_atomically(folder, lambda tmp: world.write_corpus(tmp, seed=config.seed))
         return replace(concept, corpus=Corpus.load(folder))
     return concept
+
+
+def _write_atomically(folder: Path, write: Callable[[Path], Any]) -> None:
+    """Write a folder under a temporary name beside it, then rename it into place: a kill mid-write leaves
+    no partial `folder` for a resumed run to use (a leftover temporary folder is removed next time)."""
+    for stale in folder.parent.glob(f".{folder.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
+    try:
+        write(tmp)
+        os.replace(tmp, folder)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise os_error(err, folder, "write") from err
 
 
 def _concept(config: RunConfig, tok: PreTrainedTokenizerBase) -> Concept:

@@ -15,10 +15,12 @@ import copy
 import dataclasses
 import json
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from loguru import logger
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -29,10 +31,13 @@ from steerheal.dose.pairs import write_pairs
 from steerheal.dose.walk import dose_walk, walk_and_pair
 from steerheal.errors import SteerhealError
 from steerheal.files import atomic_write_bytes, atomic_write_json, read_json
+from steerheal.loop.checks import validate
 from steerheal.loop.concepts import Concept, build_concept
-from steerheal.loop.model_spec import check_spec, open_model
-from steerheal.loop.runconfig import RunConfig
-from steerheal.loop.rundir import CONFIG, RunDir, open_existing
+from steerheal.loop.lock import RunLock, writes_run
+from steerheal.loop.model_spec import open_model
+from steerheal.loop.runconfig import RunConfig, compared
+from steerheal.loop.rundir import CONFIG, RunDir, open_existing, prepare
+from steerheal.loop.stoprules import stop_rule, summary
 from steerheal.loop.verify import Reference, build_reference, verify_round
 from steerheal.read.vector import Vector
 from steerheal.seeds import derived_seed
@@ -67,52 +72,6 @@ def defined(value: Any) -> Any:
 
 def _filters(config: RunConfig) -> FilterConfig:
     return config.filters.loosened() if config.loose_filters else config.filters
-
-
-def _stop(
-    config: RunConfig, k: int, metrics: dict[str, Any], previous: dict[str, Any] | None
-) -> tuple[str | None, bool]:
-    """(reason to stop or None, whether the round broke the coherence floor)."""
-    stop, coherence = config.stop, metrics["coherence"]
-    grammar = metrics.get("truth", {}).get("student", {}).get("grammar_ok")
-    broken = []
-    if grammar is not None and grammar < stop.min_grammar_ok:
-        broken.append(f"grammar_ok {grammar:.3f} < {stop.min_grammar_ok}")
-    if coherence["distinct_2"] is not None and coherence["distinct_2"] < stop.min_distinct_2:
-        broken.append(f"distinct_2 {coherence['distinct_2']:.3f} < {stop.min_distinct_2}")
-    if coherence["kl_tail_p95"] is not None and coherence["kl_tail_p95"] > stop.max_kl_tail:
-        broken.append(f"KL(student‖base) p95 {coherence['kl_tail_p95']:.3f} > {stop.max_kl_tail}")
-    if broken:
-        return "coherence floor: " + "; ".join(broken), True
-    if previous is not None and metrics["retain"] is not None and previous["retain"] is not None:
-        gain = metrics["retain"] - previous["retain"]
-        if gain < stop.min_trait_gain:
-            return f"trait gain: retain rose {gain:+.3f} < {stop.min_trait_gain} this round", False
-    if k + 1 >= stop.max_rounds:
-        return f"max_rounds: {stop.max_rounds} rounds done", False
-    return None, False
-
-
-def _f(value: float | None, digits: int = 3) -> str:
-    return "undefined" if value is None else f"{value:.{digits}f}"
-
-
-def _summary(k: int, metrics: dict[str, Any], dose: dict[str, Any]) -> str:
-    trait, coherence, direction = metrics["trait"], metrics["coherence"], metrics["direction"]
-    parts = [
-        f"round {k}: c*={dose['c']:.3g} alpha={dose['alpha']:.2g} kept {dose['kept']}/{dose['pairs']}",
-        f"trait base {_f(trait['base'])} steered {_f(trait['steered'])} student {_f(trait['student'])}",
-        f"retain {_f(metrics['retain'], 2)}",
-    ]
-    if "truth" in metrics:
-        truth = metrics["truth"]
-        parts.append(
-            f"mood {_f(truth['base']['mood_rate'], 2)}/{_f(truth['steered']['mood_rate'], 2)}/"
-            f"{_f(truth['student']['mood_rate'], 2)} grammar {_f(truth['student']['grammar_ok'])}"
-        )
-    parts.append(f"KL p95 {_f(coherence['kl_tail_p95'])}")
-    parts.append(f"cos(v,v0) {_f(direction['cos_to_round0_mean'])} (ceiling {_f(direction['noise_ceiling_mean'])})")
-    return " | ".join(parts)
 
 
 class Loop:
@@ -275,16 +234,14 @@ class Loop:
             try:
                 metrics, samples = self.round(k)
             except SteerhealError as err:
-                if k == 0:
-                    raise
-                # a later round that cannot be made (no reachable dose, no usable pairs) ends the run; the
-                # complete rounds before it stand, and a resume would only replay the same failure
-                reason = f"round {k} could not be made: {err}"
-                self.run.log({"event": "round_failed", "round": k, "error": str(err)})
-                self.run.write_stop(reason, k - 1)
-                logger.warning(reason)
-                break
-            why, broken = _stop(self.config, k, metrics, previous)
+                # an error is not a stop rule: the complete rounds stand, no stop is recorded, and --resume
+                # retries this round once the cause (a damaged file, a full disk, ...) is fixed
+                self._record("round_failed", k, str(err))
+                raise RoundFailed(self.run.root, k, err) from err
+            except KeyboardInterrupt:
+                self._record("interrupted", k, "interrupted (Ctrl-C)")
+                raise
+            why, broken = stop_rule(self.config, k, metrics, previous)
             self.run.log(
                 {
                     "event": "round_end",
@@ -296,7 +253,7 @@ class Loop:
                 }
             )
             self.run.write_manifest(k, {"stop": why, "coherence_broken": broken})
-            line = _summary(k, metrics, metrics["dose"])
+            line = summary(k, metrics, metrics["dose"])
             logger.info(line)
             print(line, flush=True)
             all_metrics.append(metrics)
@@ -307,6 +264,24 @@ class Loop:
                 break
         return RunResult(self.run.root, self.run.complete_rounds(), reason, all_metrics)
 
+    def _record(self, event: str, k: int, error: str) -> None:
+        """Log why round k did not complete, if the disk still takes it (the original error matters more)."""
+        try:
+            self.run.log({"event": event, "round": k, "error": error})
+        except (SteerhealError, OSError) as err:
+            logger.warning(f"could not record the {event} event: {err}")
+
+
+class RoundFailed(SteerhealError):
+    """A round could not be completed; the rounds before it stand and `--resume` retries it."""
+
+    def __init__(self, root: Path, k: int, cause: SteerhealError) -> None:
+        super().__init__(
+            f"round {k} of run {root} failed: {cause}. The rounds before it are complete and kept; once the cause "
+            "is fixed, continue the run with --resume (same options)"
+        )
+        self.root, self.round = root, k
+
 
 def _attach(config: RunConfig, model: nn.Module) -> GatedLoRA:
     a = config.adapter
@@ -316,17 +291,35 @@ def _attach(config: RunConfig, model: nn.Module) -> GatedLoRA:
 
 
 def run(config: RunConfig, overwrite: bool = False, resume: bool = False) -> RunResult:
-    """Run (or with `resume`, continue) the loop described by `config` in runs_dir/name."""
+    """Run (or with `resume`, continue) the loop described by `config` in runs_dir/name. Every option is
+    checked first (nothing is loaded or written before), and the process that writes the run holds its lock."""
     if overwrite and resume:
         raise SteerhealError("--overwrite and --resume contradict each other; pass one of them")
-    check_spec(config.model)
+    validate(config)
+    torch.set_num_threads(config.torch_threads())
     root = config.runs_dir / config.name
+    created = prepare(root, resume, overwrite)
+    try:
+        with RunLock(root) if writes_run() else nullcontext():
+            return _run(config, root, overwrite, resume)
+    finally:
+        if created and root.is_dir() and not any(root.iterdir()):
+            root.rmdir()  # nothing was written: leave no empty folder behind
+
+
+def _run(config: RunConfig, root: Path, overwrite: bool, resume: bool) -> RunResult:
     settings = config.to_dict()
     run_dir = (
-        RunDir.resume(root, settings, config.seed) if resume else RunDir.create(root, settings, config.seed, overwrite)
+        RunDir.resume(root, settings, config.seed, compared)
+        if resume
+        else RunDir.create(root, settings, config.seed, overwrite)
     )
     done = run_dir.complete_rounds() if resume else []
     stopped = run_dir.stop_record()
+    if stopped is None and done and run_dir.manifest(done[-1]).get("stop") is not None:
+        # killed between the last manifest and stopped.json: the stop was decided, record it now
+        run_dir.write_stop(run_dir.manifest(done[-1])["stop"], done[-1])
+        stopped = run_dir.stop_record()
     if stopped is not None:
         logger.info(f"run {root} already finished ({stopped['reason']}); nothing to resume")
         return RunResult(root, done, stopped["reason"], [])

@@ -9,6 +9,7 @@ from `corpus/personas`. Every field can be overridden on the command line (tyro)
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +119,10 @@ class RunConfig:
     quant: str | None = None
     device: str | None = None
     seed: int = 0
+    threads: int | None = None
+    """torch's CPU threads. None: 1 for toyworld and tiny:<arch> (small matrices: on a busy 2-core machine two
+    threads made a toyworld run 8x slower, docs/loop.md), min(CPU cores, 8) for any other model. Changes no
+    result, so it is not compared on --resume."""
     n_pairs: int = 128
     """Prompts sampled into preference pairs per round."""
     lam_power: float = 0.0
@@ -150,8 +155,30 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
-        """The inverse of to_dict (a run's config.json), for --resume."""
-        return _build(cls, data, "config.json")
+        """The inverse of to_dict (a run's config.json), for --resume; fields it lacks take their defaults."""
+        try:
+            return _build(cls, data, "config.json")
+        except (TypeError, ValueError) as err:
+            raise SteerhealError(f"config.json does not describe a RunConfig ({err}); the file is damaged") from err
+
+    def torch_threads(self) -> int:
+        """The CPU threads this run computes with (`threads`, or its measured default)."""
+        if self.threads is not None:
+            return self.threads
+        if self.model == "toyworld" or self.model.startswith("tiny:"):
+            return 1
+        return max(1, min(os.cpu_count() or 1, 8))
+
+
+NOT_COMPARED = ("threads", "runs_dir", "name")
+"""Fields that change no result: how many threads compute it, and where the run lives (the folder itself)."""
+
+
+def compared(data: dict[str, Any]) -> dict[str, Any]:
+    """A stored or new config (to_dict form), normalised for the --resume comparison: read back through
+    RunConfig (fields it predates take their defaults) and without the options that change no result."""
+    normal = RunConfig.from_dict(data).to_dict()
+    return {k: v for k, v in normal.items() if k not in NOT_COMPARED}
 
 
 PATH_FIELDS = {"runs_dir", "persona_file", "off_target_file", "corpus"}

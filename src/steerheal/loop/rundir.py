@@ -1,13 +1,15 @@
 """The run directory: config, environment, the event log, and one folder per round with its manifest last.
 
-    runs/<name>/config.json   env.json   events.jsonl
+    runs/<name>/steerheal-run.json (the marker: only such a folder is ever replaced)   run.lock (while written)
+                config.json   env.json   events.jsonl
                 round_00/ vector.safetensors vector.json pairs.jsonl adapter/ metrics.json samples.jsonl
                           manifest.json   (written last and atomically: a round exists only when it does)
                 stopped.json (why the run ended)   report.md report.html trajectory.png
 
 Every event carries the attempt that wrote it (attempt 1 is the first `run`, each `--resume` adds one), so
 a round started by a killed attempt and replayed by the next is never counted twice: a round's manifest
-names the attempt that completed it. Events are appended and fsynced line by line.
+names the attempt that completed it. Events are appended and fsynced line by line. A round's manifest also
+holds the stop decision taken after it, so a kill between the manifest and stopped.json loses nothing.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import datetime
 import json
 import os
 import platform
+import re
 import shutil
 import sys
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -25,9 +29,50 @@ from typing import Any
 import torch
 
 from steerheal.errors import SteerhealError
-from steerheal.files import atomic_write_json, provenance, read_json
+from steerheal.files import atomic_write_json, os_error, provenance, read_json
+from steerheal.loop.lock import LOCK
 
 CONFIG, ENV, EVENTS, MANIFEST, STOP = "config.json", "env.json", "events.jsonl", "manifest.json", "stopped.json"
+MARKER = "steerheal-run.json"
+ROUND = re.compile(r"round_(\d+)")
+
+
+def _entries(root: Path) -> list[Path]:
+    """What a run folder holds besides its lock."""
+    return [p for p in root.iterdir() if p.name != LOCK] if root.is_dir() else []
+
+
+def prepare(root: Path, resume: bool, overwrite: bool) -> bool:
+    """Check the run folder's place before anything is written, and create it (True when this call did).
+    A folder that is not a steerheal run is never written into, let alone replaced."""
+    runs_dir = root.parent
+    if runs_dir.exists() and not runs_dir.is_dir():
+        raise SteerhealError(f"--runs-dir {runs_dir} is a file, not a folder; pass a folder (it is created if missing)")
+    if root.exists() and not root.is_dir():
+        raise SteerhealError(f"run {root} is a file, not a run folder; pass another --name or move the file")
+    if resume:
+        if not (root / CONFIG).is_file():
+            raise SteerhealError(f"cannot resume {root}: it has no {CONFIG} (start the run without --resume)")
+        return False
+    if _entries(root) and not (root / MARKER).is_file():
+        if (root / CONFIG).is_file() and (root / ENV).is_file():
+            fix = "an older steerheal run: --resume it once (which marks it), or delete it yourself"
+        else:
+            fix = "pick another --name, or move or delete that folder yourself"
+        raise SteerhealError(
+            f"{root} exists, is not empty and is not a steerheal run (no {MARKER}); steerheal replaces only its own "
+            f"runs, even with --overwrite: {fix}"
+        )
+    if _entries(root) and not overwrite:
+        raise SteerhealError(
+            f"run directory {root} exists and is not empty; pass --overwrite to replace it or --resume to continue it"
+        )
+    created = not root.exists()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise os_error(err, root, "create the run folder") from err
+    return created
 
 
 def _versions() -> dict[str, str | None]:
@@ -46,34 +91,43 @@ class RunDir:
 
     @classmethod
     def create(cls, root: Path, config: dict[str, Any], seed: int, overwrite: bool) -> RunDir:
-        """A new run folder; an existing non-empty one is refused unless `overwrite`."""
-        if root.exists() and any(root.iterdir()):
-            if not overwrite:
-                raise SteerhealError(
-                    f"run directory {root} exists and is not empty; pass --overwrite to replace it or --resume "
-                    "to continue it"
-                )
-            shutil.rmtree(root)
-        root.mkdir(parents=True, exist_ok=True)
+        """A new run in a folder `prepare` accepted; a previous run there is removed only with `overwrite`
+        (the caller holds the run lock, which stays)."""
+        prepare(root, resume=False, overwrite=overwrite)
+        entries = _entries(root)
+        if entries:
+            if not overwrite or not (root / MARKER).is_file():
+                raise SteerhealError(f"run directory {root} changed while this run started; run again")
+            try:
+                for entry in entries:
+                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            except OSError as err:
+                raise os_error(err, root, "clear the previous run in") from err
+        atomic_write_json(root / MARKER, {"kind": "steerheal.run", "format_version": 1, **provenance()})
         atomic_write_json(root / CONFIG, config)
         run = cls(root, 1)
         run._record_attempt(seed)
         return run
 
     @classmethod
-    def resume(cls, root: Path, config: dict[str, Any], seed: int) -> RunDir:
-        """An existing run, continued by a new attempt; its config must be the one it was started with."""
-        if not (root / CONFIG).is_file():
-            raise SteerhealError(f"cannot resume {root}: it has no {CONFIG} (start the run without --resume)")
-        stored = read_json(root / CONFIG, f"run {root}")
+    def resume(
+        cls, root: Path, config: dict[str, Any], seed: int, normalise: Callable[[dict[str, Any]], dict[str, Any]]
+    ) -> RunDir:
+        """An existing run, continued by a new attempt. Its stored config, normalised (`normalise`: defaults
+        filled in for fields it predates, options that change no result dropped), must equal `config`
+        normalised the same way."""
+        prepare(root, resume=True, overwrite=False)
+        stored = normalise(read_json(root / CONFIG, f"run {root}"))
+        config = normalise(config)
         if stored != config:
             keys = sorted(k for k in set(stored) | set(config) if stored.get(k) != config.get(k))
             raise SteerhealError(
                 f"cannot resume {root} with another configuration (differs in {keys}); resume with the same "
                 "options it was started with, or start a new run"
             )
-        env = read_json(root / ENV, f"run {root}")
-        run = cls(root, len(env.get("attempts", [])) + 1)
+        run = cls(root, len(_attempts(root)) + 1)
+        if not (root / MARKER).is_file():
+            atomic_write_json(root / MARKER, {"kind": "steerheal.run", "format_version": 1, **provenance()})
         run._trim_cut_event()
         run._record_attempt(seed)
         return run
@@ -87,8 +141,7 @@ class RunDir:
                 path.write_bytes(data[: data.rfind(b"\n") + 1])
 
     def _record_attempt(self, seed: int) -> None:
-        path = self.root / ENV
-        env = read_json(path, f"run {self.root}") if path.exists() else {"attempts": []}
+        env = {"attempts": _attempts(self.root)}
         env["attempts"].append(
             {
                 "attempt": self.attempt,
@@ -100,17 +153,20 @@ class RunDir:
                 **provenance(),
             }
         )
-        atomic_write_json(path, env)
+        atomic_write_json(self.root / ENV, env)
 
     # ------------------------------------------------------------------ events
     def log(self, event: dict[str, Any]) -> None:
         """Append one event (with the attempt and a timestamp), flushed and fsynced."""
         record = {"attempt": self.attempt, "time": datetime.datetime.now(datetime.UTC).isoformat(), **event}
         line = json.dumps(record, sort_keys=True, default=float) + "\n"
-        with open(self.root / EVENTS, "a", encoding="utf-8") as handle:
-            handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with open(self.root / EVENTS, "a", encoding="utf-8") as handle:
+                handle.write(line)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as err:
+            raise os_error(err, self.root / EVENTS, "append to") from err
 
     def events(self) -> list[dict[str, Any]]:
         path = self.root / EVENTS
@@ -133,8 +189,18 @@ class RunDir:
         return self.root / f"round_{k:02d}"
 
     def complete_rounds(self) -> list[int]:
-        """Rounds whose manifest exists, in order; they must be 0, 1, ... without gaps."""
-        done = sorted(int(p.parent.name.split("_")[1]) for p in self.root.glob(f"round_*/{MANIFEST}"))
+        """Rounds whose manifest exists, in order; they must be 0, 1, ... without gaps. Another folder with a
+        manifest under a round_* name (a copy such as round_backup/) is an error naming it."""
+        done = []
+        for path in self.root.glob(f"round_*/{MANIFEST}"):
+            match = ROUND.fullmatch(path.parent.name)
+            if match is None:
+                raise SteerhealError(
+                    f"run {self.root}: {path} is not in a round folder (round_00, round_01, ...); move "
+                    f"{path.parent.name}/ out of the run directory"
+                )
+            done.append(int(match.group(1)))
+        done.sort()
         if done != list(range(len(done))):
             raise SteerhealError(f"run {self.root}: complete rounds {done} have a gap; the run directory is damaged")
         return done
@@ -155,9 +221,22 @@ class RunDir:
         return read_json(self.round_dir(k) / MANIFEST, f"round {k} of {self.root}")
 
 
+def _attempts(root: Path) -> list[dict[str, Any]]:
+    """env.json's attempts (none when it does not exist yet); a file of another shape is an error naming it."""
+    path = root / ENV
+    if not path.exists():
+        return []
+    attempts = read_json(path, f"run {root}").get("attempts")
+    if not isinstance(attempts, list) or not all(isinstance(a, dict) for a in attempts):
+        raise SteerhealError(
+            f'run {root}: {path} must hold {{"attempts": [ {{...}}, ... ]}} (one object per attempt), got '
+            f"attempts={attempts!r:.80}; the file is damaged"
+        )
+    return attempts
+
+
 def open_existing(root: Path) -> RunDir:
     """A finished or interrupted run, read-only (report, export, load_run)."""
     if not (root / CONFIG).is_file():
         raise SteerhealError(f"{root} is not a steerheal run directory (no {CONFIG})")
-    env = read_json(root / ENV, f"run {root}") if (root / ENV).exists() else {"attempts": []}
-    return RunDir(root, len(env.get("attempts", [])))
+    return RunDir(root, len(_attempts(root)))
