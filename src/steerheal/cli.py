@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 import tyro
-from loguru import logger
 
 from steerheal.errors import SteerhealError
 from steerheal.lm.tiny import TINY_ARCHS
+from steerheal.log import is_verbose, logger, quiet_bitsandbytes, verbose
 from steerheal.loop.model_spec import TINY_PREFIX, TOYWORLD
 from steerheal.loop.runconfig import PRESETS, RunConfig, preset
 
@@ -233,11 +233,16 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE, file=sys.stderr)
         raise SystemExit(f"steerheal: unknown command {args[0]!r}")
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 8)))
+    was_verbose = is_verbose()
+    verbose(True)  # a program: what it chose and how long each stage took
     try:
-        command(args[1:])
+        with quiet_bitsandbytes():
+            command(args[1:])
     except SteerhealError as err:
         logger.error(str(err))
         raise SystemExit(2) from err
+    finally:
+        verbose(was_verbose)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loguru import logger
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -29,6 +28,7 @@ from steerheal.dose.pairs import write_pairs
 from steerheal.dose.walk import dose_walk, walk_and_pair
 from steerheal.errors import SteerhealError
 from steerheal.files import atomic_write_bytes, atomic_write_json, read_json
+from steerheal.log import logger
 from steerheal.loop.concepts import Concept, build_concept
 from steerheal.loop.model_spec import check_spec, open_model
 from steerheal.loop.runconfig import RunConfig
@@ -298,7 +298,6 @@ class Loop:
             self.run.write_manifest(k, {"stop": why, "coherence_broken": broken})
             line = _summary(k, metrics, metrics["dose"])
             logger.info(line)
-            print(line, flush=True)
             all_metrics.append(metrics)
             previous = metrics
             if why is not None:
@@ -330,6 +329,11 @@ def run(config: RunConfig, overwrite: bool = False, resume: bool = False) -> Run
     if stopped is not None:
         logger.info(f"run {root} already finished ({stopped['reason']}); nothing to resume")
         return RunResult(root, done, stopped["reason"], [])
+    logger.info(
+        f"run {root} ({'resumed' if resume else 'new'}): model {config.model}, seed {config.seed}, "
+        f"{config.n_pairs} pairs per round, up to {config.stop.max_rounds} rounds; the whole config is in "
+        f"{root / CONFIG}"
+    )
     model, tok = open_model(config.model, config.quant, config.device, config.seed)
     concept = build_concept(config, tok, run_dir.root)
     if config.loose_filters:
