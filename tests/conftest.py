@@ -29,10 +29,14 @@ def tiny(arch: str, seed: int = 0):
 
 @pytest.fixture
 def logs() -> Iterator[list[str]]:
-    """Messages loguru emits during the test (WARNING and INFO alike)."""
+    """Messages loguru emits during the test (WARNING and INFO alike: steerheal is verbose meanwhile)."""
     from loguru import logger
 
     messages: list[str] = []
     handle = logger.add(lambda m: messages.append(str(m)), level="INFO", format="{level} {message}")
-    yield messages
-    logger.remove(handle)
+    sh.verbose()
+    try:
+        yield messages
+    finally:
+        sh.verbose(False)
+        logger.remove(handle)

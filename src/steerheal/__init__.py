@@ -10,6 +10,8 @@ tests/test_layers.py).
 With BEARTYPE=1 in the environment every steerheal module is imported under jaxtyping's import hook, so
 each annotated function checks its argument types and tensor shapes with beartype at call time
 (tests/test_layers.py checks that no module escapes it).
+
+Quiet as a library: only warnings are shown until `steerheal.verbose()` (the CLI turns it on).
 """
 
 import os
@@ -43,6 +45,7 @@ with _shape_checked():
     from steerheal.lm.generate import sample
     from steerheal.lm.load import load_model
     from steerheal.lm.tiny import TINY_ARCHS, tiny_model
+    from steerheal.log import verbose
     from steerheal.loop import report as _report  # noqa: F401 (imported to be shape-checked)
     from steerheal.loop.rounds import load_run, run
     from steerheal.loop.runconfig import RunConfig, preset
@@ -90,5 +93,6 @@ __all__ = [
     "sample",
     "tiny_model",
     "toyworld",
+    "verbose",
     "write_pairs",
 ]

@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 import tyro
-from loguru import logger
 
 from steerheal.errors import SteerhealError
 from steerheal.files import check_output_folder
 from steerheal.lm.tiny import TINY_ARCHS
+from steerheal.log import is_verbose, logger, quiet_bitsandbytes, verbose
 from steerheal.loop.model_spec import TINY_PREFIX, TOYWORLD
 from steerheal.loop.runconfig import PRESETS, RunConfig, preset
 
@@ -281,8 +281,11 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"steerheal: unknown command {args[0]!r}")
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 8)))
     ACTIVE.clear()
+    was_verbose = is_verbose()
+    verbose(True)  # a program: what it chose and how long each stage took
     try:
-        command(args[1:])
+        with quiet_bitsandbytes():
+            command(args[1:])
     except SteerhealError as err:
         resume = f"; to continue: {resume_command(ACTIVE['args'])}" if _round_failed(err) and ACTIVE else ""
         logger.error(f"{err}{resume}")
@@ -297,6 +300,8 @@ def main(argv: list[str] | None = None) -> None:
             line = f"interrupted ({args[0]}); no run was being written"
         print(f"steerheal: {line}", file=sys.stderr, flush=True)
         raise SystemExit(130) from None
+    finally:
+        verbose(was_verbose)
 
 
 def _round_failed(err: SteerhealError) -> bool:

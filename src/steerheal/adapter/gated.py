@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from loguru import logger
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
@@ -39,6 +38,7 @@ from steerheal.errors import SteerhealError
 from steerheal.files import atomic_write_json, check_output_folder, provenance, read_json
 from steerheal.lm.blocks import unwrap
 from steerheal.lm.fingerprint import Fingerprint, fingerprint, quantization
+from steerheal.log import logger, quiet_bitsandbytes
 
 FORMAT_VERSION = 1
 META_FILE = "gated.json"
@@ -100,7 +100,8 @@ def _check_rank(rank: int, what: str) -> int:
 
 
 def _check_unadapted(model: nn.Module) -> None:
-    from peft.tuners.tuners_utils import BaseTunerLayer
+    with quiet_bitsandbytes():  # peft imports bitsandbytes
+        from peft.tuners.tuners_utils import BaseTunerLayer
 
     inner = unwrap(model)
     if hasattr(inner, "peft_config") or any(isinstance(m, BaseTunerLayer) for m in inner.modules()):
@@ -173,7 +174,8 @@ class GatedLoRA:
 
     def _add_adapter(self, rnd: Round, weights: dict[str, tuple[Tensor, Tensor]] | None = None) -> None:
         """Create the peft adapter for `rnd` (already entered in history/current), fp32, then activate."""
-        from peft import LoraConfig, get_peft_model
+        with quiet_bitsandbytes():  # peft imports bitsandbytes
+            from peft import LoraConfig, get_peft_model
 
         config = LoraConfig(
             r=rnd.rank,
@@ -368,7 +370,8 @@ class GatedLoRA:
         """One standard peft LoRA adapter (`PeftModel.from_pretrained(base, directory)`) equal to the student at
         these gates: every round's factors concatenated, each B scaled by gate · alpha / r, lora_alpha = r.
         A non-empty `directory` that is not a previous export is refused unless `overwrite`."""
-        from peft import LoraConfig
+        with quiet_bitsandbytes():  # peft imports bitsandbytes
+            from peft import LoraConfig
 
         check_output_folder(Path(directory), "export_peft", EXPORT_META_FILE, overwrite)
 
@@ -462,7 +465,8 @@ class GatedLoRA:
     def save(self, directory: str | Path) -> Path:
         """Each round in peft's format (`<dir>/<round>/`), then `gated.json` last: a save is complete only
         when `gated.json` exists. Round folders of an earlier save that are no longer rounds are removed."""
-        from peft.utils import get_peft_model_state_dict
+        with quiet_bitsandbytes():  # peft imports bitsandbytes
+            from peft.utils import get_peft_model_state_dict
 
         directory = Path(directory)
         meta_path = directory / META_FILE

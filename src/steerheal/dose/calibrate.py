@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 from jaxtyping import Float
-from loguru import logger
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
@@ -35,6 +34,7 @@ from steerheal.errors import SteerhealError
 from steerheal.lm.generate import sample
 from steerheal.lm.scoring import CompletionBatch, completion_batches, scored_log_probs, token_kl
 from steerheal.lm.texts import Text, encode_prompts
+from steerheal.log import logger
 from steerheal.read.capture import residual_norm
 
 STATS = ("p95", "mean", "rmse", "max")

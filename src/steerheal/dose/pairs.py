@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loguru import logger
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
@@ -26,6 +25,7 @@ from steerheal.files import atomic_write_bytes
 from steerheal.lm.generate import sample, stop_ids
 from steerheal.lm.scoring import completion_token_logprobs
 from steerheal.lm.texts import encode_prompts
+from steerheal.log import logger
 from steerheal.read.vector import Vector
 
 FORMAT_VERSION = 1
@@ -149,7 +149,7 @@ def make_pairs(
     if len(prompts) == 0:
         raise SteerhealError("make_pairs: prompts is empty")
     stops = stop_ids(model, tok)
-    logger.info(f"pair filters in force: {filters.to_dict()}")
+    logger.debug(f"pair filters in force: {filters.to_dict()}")
     prompt_ids = encode_prompts(tok, prompts)
     kwargs = dict(
         seed=seed,

@@ -10,12 +10,12 @@ from typing import Any
 
 import torch
 from jaxtyping import Float
-from loguru import logger
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from steerheal.errors import SteerhealError
 from steerheal.lm.dequant import dense_weight
+from steerheal.log import logger
 
 # model_type (from the config) -> attribute path of the decoder blocks. An explicit table, so that a
 # model whose layout changes fails loudly instead of being read at the wrong modules.

@@ -16,6 +16,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from steerheal.errors import SteerhealError
+from steerheal.log import quiet_bitsandbytes
 
 
 def dense_weight(param: Tensor, what: str) -> Float[Tensor, "..."]:
@@ -27,7 +28,8 @@ def dense_weight(param: Tensor, what: str) -> Float[Tensor, "..."]:
             raise SteerhealError(f"{what}: 4-bit weight without a quant_state; the model was not quantised fully")
         if getattr(state, "packing_format_for_cpu", False):
             return _dequantize_cpu_packed(param.data, state)
-        import bitsandbytes.functional as bnbf
+        with quiet_bitsandbytes():
+            import bitsandbytes.functional as bnbf
 
         return bnbf.dequantize_4bit(param.data, state).float()
     if kind == "Int8Params":

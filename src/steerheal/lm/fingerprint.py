@@ -6,11 +6,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from loguru import logger
 from torch import nn
 
 from steerheal.errors import SteerhealError
 from steerheal.lm.blocks import unwrap
+from steerheal.log import logger
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from transformers import PreTrainedTokenizerBase
 from steerheal.errors import SteerhealError
 from steerheal.lm.blocks import context_length, model_device, unwrap
 from steerheal.lm.texts import Text, encode, left_pad, length_sorted_batches, require_pad_token
+from steerheal.log import progress_disabled
 from steerheal.seeds import derived_seed
 
 
@@ -84,7 +85,7 @@ def sample(
     device = model_device(model)
     out: list[list[int]] = [[] for _ in prompts]
     plan = length_sorted_batches([len(e.ids) for e in encoded], batch_size)
-    for rows in tqdm(plan, desc="sample", disable=not progress if progress is not None else None):
+    for rows in tqdm(plan, desc="sample", disable=progress_disabled(progress)):
         batch = left_pad([encoded[i] for i in rows], pad_id).to(device)
         generators = [torch.Generator().manual_seed(derived_seed("sample", seed, first_index + i)) for i in rows]
         mask, positions = batch.attention_mask, batch.position_ids

@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from loguru import logger
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from steerheal.errors import SteerhealError
 from steerheal.lm.attention import use_broadcast_mask
 from steerheal.lm.blocks import ENCODER_TYPES
 from steerheal.lm.fingerprint import fingerprint
+from steerheal.log import logger, quiet_bitsandbytes
 
 
 def default_device() -> str:
@@ -110,7 +110,8 @@ def load_model(
     try:
         tok = AutoTokenizer.from_pretrained(source, padding_side="left")
         encoder = AutoConfig.from_pretrained(source).model_type in ENCODER_TYPES
-        model = (AutoModel if encoder else AutoModelForCausalLM).from_pretrained(source, **kwargs)
+        with quiet_bitsandbytes():  # a quantised load imports bitsandbytes
+            model = (AutoModel if encoder else AutoModelForCausalLM).from_pretrained(source, **kwargs)
     except (OSError, ValueError, ImportError) as err:  # hub validation errors are ValueErrors
         where = "the local folder exists but" if Path(source).is_dir() else "it is not a local folder and"
         raise SteerhealError(

@@ -19,10 +19,9 @@ import socket
 from pathlib import Path
 from types import TracebackType
 
-from loguru import logger
-
 from steerheal.errors import SteerhealError
 from steerheal.files import os_error
+from steerheal.log import logger
 
 LOCK = "run.lock"
 

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from loguru import logger
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -31,6 +30,7 @@ from steerheal.dose.pairs import write_pairs
 from steerheal.dose.walk import dose_walk, walk_and_pair
 from steerheal.errors import SteerhealError
 from steerheal.files import atomic_write_bytes, atomic_write_json, read_json
+from steerheal.log import logger
 from steerheal.loop.checks import validate
 from steerheal.loop.concepts import Concept, build_concept
 from steerheal.loop.lock import RunLock, writes_run
@@ -255,7 +255,6 @@ class Loop:
             self.run.write_manifest(k, {"stop": why, "coherence_broken": broken})
             line = summary(k, metrics, metrics["dose"])
             logger.info(line)
-            print(line, flush=True)
             all_metrics.append(metrics)
             previous = metrics
             if why is not None:
@@ -323,6 +322,11 @@ def _run(config: RunConfig, root: Path, overwrite: bool, resume: bool) -> RunRes
     if stopped is not None:
         logger.info(f"run {root} already finished ({stopped['reason']}); nothing to resume")
         return RunResult(root, done, stopped["reason"], [])
+    logger.info(
+        f"run {root} ({'resumed' if resume else 'new'}): model {config.model}, seed {config.seed}, "
+        f"{config.n_pairs} pairs per round, up to {config.stop.max_rounds} rounds; the whole config is in "
+        f"{root / CONFIG}"
+    )
     model, tok = open_model(config.model, config.quant, config.device, config.seed)
     concept = build_concept(config, tok, run_dir.root)
     if config.loose_filters:

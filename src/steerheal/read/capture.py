@@ -27,6 +27,7 @@ from transformers import PreTrainedTokenizerBase
 from steerheal.errors import SteerhealError
 from steerheal.lm.blocks import block_hidden, context_length, decoder_layers, hidden_size, model_device, n_layers
 from steerheal.lm.texts import Batch, Text, encode, left_pad, length_sorted_batches, require_pad_token
+from steerheal.log import progress_disabled
 
 POOLED: tuple[str, ...] = ("last", "prompt_end", "mean")  # one vector per text
 POSITIONS: tuple[str, ...] = (*POOLED, "all")
@@ -114,7 +115,7 @@ def _forward_batches(
     encoded = encode(tok, texts, context_length(model), what)
     device = model_device(model)
     plan = length_sorted_batches([len(e.ids) for e in encoded], batch_size)
-    for rows in tqdm(plan, desc=f"capture {what}", disable=not progress if progress is not None else None):
+    for rows in tqdm(plan, desc=f"capture {what}", disable=progress_disabled(progress)):
         batch = left_pad([encoded[i] for i in rows], pad_id)
         on_device = batch.to(device)
         with recording(model, layers) as store, suppress(_StopForward):

@@ -28,11 +28,11 @@ from typing import Any
 
 import torch
 from jaxtyping import Bool
-from loguru import logger
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from steerheal.errors import SteerhealError
+from steerheal.log import logger
 
 FOLDERS = ("stories", "paired", "direct")
 BASELINE = "baseline"

@@ -15,10 +15,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from loguru import logger
 from transformers import PreTrainedTokenizerBase
 
 from steerheal.errors import SteerhealError
+from steerheal.log import logger
 
 
 def _render(

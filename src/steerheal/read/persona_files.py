@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loguru import logger
 from transformers import PreTrainedTokenizerBase
 
 from steerheal.errors import SteerhealError
+from steerheal.log import logger
 from steerheal.read.corpus import NAME, visible_entries
 from steerheal.read.persona import persona_contrast
 

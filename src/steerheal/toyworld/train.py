@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from loguru import logger
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
@@ -22,6 +21,7 @@ from steerheal.files import atomic_write_json, provenance
 from steerheal.lm.fingerprint import fingerprint
 from steerheal.lm.texts import Encoded, left_pad
 from steerheal.lm.tiny import seeded_model
+from steerheal.log import logger, progress_disabled
 from steerheal.toyworld.load import CHECKPOINT_NAME, checkpoint_dir
 from steerheal.toyworld.tokenizer import CONTEXT, build_tokenizer
 from steerheal.toyworld.world import Dialogue, heldout_dialogues, training_dialogues
@@ -124,7 +124,7 @@ def _train(
     tokens = 0
     start = time.perf_counter()
     model.train()
-    bar = tqdm(total=total, desc="toyworld train", disable=not progress if progress is not None else None)
+    bar = tqdm(total=total, desc="toyworld train", disable=progress_disabled(progress))
     for _ in range(config.epochs):
         permutation = torch.randperm(len(data), generator=order).tolist()
         for first in range(0, len(data), config.batch_size):

@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from loguru import logger
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -33,6 +32,7 @@ from steerheal.errors import SteerhealError
 from steerheal.lm.blocks import model_device, unwrap
 from steerheal.lm.scoring import DIRECTIONS
 from steerheal.lm.texts import Batch, Encoded, left_pad
+from steerheal.log import logger, progress_disabled
 from steerheal.read.steering import steering_active
 from steerheal.training.bounded import (
     Positions,
@@ -270,8 +270,8 @@ def heal(
     result = HealResult(adapter.current.name, len(examples), total, 0.0)
     was_training = unwrap(model).training
     unwrap(model).eval()
-    logger.info(f"heal {adapter.current.name}: {len(examples)} pairs, {total} steps, config {asdict(config)}")
-    bar = tqdm(total=total, desc=f"heal {adapter.current.name}", disable=not progress if progress is not None else None)
+    logger.debug(f"heal {adapter.current.name}: {len(examples)} pairs, {total} steps, config {asdict(config)}")
+    bar = tqdm(total=total, desc=f"heal {adapter.current.name}", disable=progress_disabled(progress))
     step = 0
     try:
         for epoch in range(config.epochs):
