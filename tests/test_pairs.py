@@ -107,3 +107,37 @@ def test_pairs_bad_input(toy, tmp_path):
     (tmp_path / "broken.jsonl").write_text("{not json\n")
     with pytest.raises(sh.SteerhealError, match="broken.jsonl:1 is not valid JSON"):
         read_pairs(tmp_path / "broken.jsonl")
+
+
+def test_unfinished_completions_are_cut_at_their_last_sentence_end(toy, tmp_path):
+    """A completion that hits max_new_tokens is cut back to its last sentence end (ids, never re-tokenised
+    text), trained without an end-of-turn token, and the cut is recorded in pairs.jsonl."""
+    from steerheal.dose.filters import ends_a_sentence
+    from steerheal.dose.pairs import cut_at_sentence_end
+    from steerheal.lm.tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    ids = tok("The cat sat on the mat. Then the dog ran to the", add_special_tokens=False)["input_ids"]
+    cut = cut_at_sentence_end(tok, ids, min_tokens=2)
+    assert tok.decode(cut) == "The cat sat on the mat." and ids[: len(cut)] == cut
+    assert cut_at_sentence_end(tok, tok("Version 3.5 of the", add_special_tokens=False)["input_ids"], 1) is None
+    whole = tok("It rained. It stopped!", add_special_tokens=False)["input_ids"]
+    assert cut_at_sentence_end(tok, whole, 1) == whole
+    assert cut_at_sentence_end(tok, ids, min_tokens=len(ids)) is None  # too short once cut
+    assert ends_a_sentence('He said "go."', 'He said "go." Then') and not ends_a_sentence("3.", "3.5")
+
+    model, tok, v, prompts = toy
+    sampling = SamplingConfig(max_new_tokens=14)  # toyworld stories run longer: most hit the limit
+    plain = make_pairs(model, tok, v, prompts[:16], seed=3, sampling=sampling)
+    cut_filters = FilterConfig(cut_unfinished=True)
+    pairs = make_pairs(model, tok, v, prompts[:16], seed=3, sampling=sampling, filters=cut_filters)
+    unfinished = [p for p in plain if p.chosen_ids[-1] != tok.eos_token_id]
+    assert unfinished and all(any("unfinished" in r for r in p.reasons) for p in unfinished)
+    was_cut = [p for p in pairs if any(n.startswith("chosen: no end-of-turn") for n in p.notes)]
+    assert was_cut and sum(p.kept for p in pairs) > sum(p.kept for p in plain)
+    for p, before in zip(pairs, plain, strict=True):
+        assert before.chosen_ids[: len(p.chosen_ids)] == p.chosen_ids  # a prefix of what was sampled
+        if p in was_cut:
+            assert p.chosen_ids[-1] != tok.eos_token_id and p.chosen.rstrip().endswith((".", "!", "?"))
+    write_pairs(tmp_path / "pairs.jsonl", pairs)
+    assert read_pairs(tmp_path / "pairs.jsonl") == pairs

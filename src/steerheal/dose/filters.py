@@ -41,7 +41,10 @@ class FilterConfig:
     - `min_tokens`: completions shorter than this (eos excluded) are dropped as too short.
     - `require_text`: drop completions whose text is empty once special tokens are removed.
     - `narration_regex` / `refusal_regex`: drop completions that narrate the persona or refuse.
-    - `drop_unfinished`: drop completions that hit max_new_tokens without eos (the student learns to stop).
+    - `cut_unfinished`: cut a completion that hit max_new_tokens without eos back to its last sentence end;
+      it is then trained without an end-of-turn token (a real chat model rarely ends a turn within the
+      48-96 tokens a CPU run can afford). One with no sentence end after `min_tokens` stays unfinished.
+    - `drop_unfinished`: drop completions that are still unfinished (the student learns to stop).
     - `drop_identical`: drop pairs whose chosen completion equals the rejected one (no signal).
     """
 
@@ -57,6 +60,7 @@ class FilterConfig:
     require_text: bool = True
     narration_regex: str | None = NARRATION
     refusal_regex: str | None = REFUSAL
+    cut_unfinished: bool = False
     drop_unfinished: bool = True
     drop_identical: bool = True
 
@@ -96,6 +100,20 @@ def ngram_repetition(items: Sequence[Any], n: int) -> float:
     """1 − distinct n-grams / all n-grams; 0 when there are no n-grams."""
     grams = [tuple(items[i : i + n]) for i in range(len(items) - n + 1)]
     return 1 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+# a sentence ends at . ! or ? (and any closing quotes or brackets) followed by whitespace or the end of the text
+SENTENCE_END = re.compile(r"[.!?][\"')\]]*$")
+
+
+def ends_a_sentence(prefix: str, full: str) -> bool:
+    """Whether `prefix` (a prefix of `full`, trailing spaces allowed) stops at a sentence end of `full`: it ends
+    in a terminator and `full` goes on with whitespace or nothing (so "3." of "3.5" is no sentence end)."""
+    stripped = prefix.rstrip()
+    if not stripped or not SENTENCE_END.search(stripped):
+        return False
+    rest = full[len(stripped) :]
+    return not rest or rest[0].isspace()
 
 
 def zlib_ratio(text: str) -> float:

@@ -19,7 +19,7 @@ from typing import Any
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from steerheal.dose.filters import FilterConfig, text_reasons
+from steerheal.dose.filters import FilterConfig, ends_a_sentence, text_reasons
 from steerheal.errors import SteerhealError
 from steerheal.files import atomic_write_bytes
 from steerheal.lm.generate import sample, stop_ids
@@ -53,20 +53,59 @@ class PreferencePair:
     kept: bool
     reasons: list[str] = field(default_factory=list)
     chosen_tail_ppl: float | None = None
+    notes: list[str] = field(default_factory=list)  # what was done to a completion that was kept (a cut)
+
+    OPTIONAL = frozenset({"notes"})  # fields later than the first pairs.jsonl files
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any], where: str) -> PreferencePair:
-        missing = set(cls.__dataclass_fields__) - set(data)
+        missing = set(cls.__dataclass_fields__) - set(data) - cls.OPTIONAL
         if missing:
             raise SteerhealError(f"{where}: a pair lacks {sorted(missing)}; the file is damaged or foreign")
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
 def _finished(ids: Sequence[int], stops: frozenset[int]) -> bool:
     return len(ids) > 0 and ids[-1] in stops
+
+
+def cut_at_sentence_end(tok: PreTrainedTokenizerBase, ids: Sequence[int], min_tokens: int) -> list[int] | None:
+    """The longest prefix of `ids`, at least `min_tokens` long, whose text stops at a sentence end of the whole
+    completion's text (None when there is none). Cut on ids, never on re-tokenised text."""
+    full = tok.decode(ids, skip_special_tokens=True)
+    low = max(min_tokens, 1)
+    for k in range(len(ids), low - 1, -1):
+        text = tok.decode(ids[:k], skip_special_tokens=True)
+        if ends_a_sentence(text, full):
+            while k > low and tok.decode(ids[: k - 1], skip_special_tokens=True).rstrip() == text.rstrip():
+                k -= 1  # no trailing whitespace-only tokens
+            return list(ids[:k])
+    return None
+
+
+def cut_unfinished(
+    tok: PreTrainedTokenizerBase, completions: list[list[int]], finished: list[bool], min_tokens: int, side: str
+) -> tuple[list[list[int]], list[bool], list[list[str]]]:
+    """Every unfinished completion cut back to its last sentence end (then counted as finished, and trained
+    without an end-of-turn token), with a note saying so; one without a sentence end is left as it was."""
+    out, done, notes = [], [], []
+    for ids, ended in zip(completions, finished, strict=True):
+        cut = None if ended else cut_at_sentence_end(tok, ids, min_tokens)
+        out.append(ids if cut is None else cut)
+        done.append(ended or cut is not None)
+        if cut is None:
+            notes.append([])
+            continue
+        notes.append(
+            [
+                f"{side}: no end-of-turn within max_new_tokens; cut at its last sentence end ({len(ids)} -> "
+                f"{len(cut)} tokens), trained without an end-of-turn token"
+            ]
+        )
+    return out, done, notes
 
 
 def tail_perplexity(
@@ -166,6 +205,13 @@ def make_pairs(
         raise SteerhealError(f"make_pairs: {len(rejected)} rejected completions for {len(prompts)} prompts")
     finished = [_finished(c, stops) for c in chosen]
     rejected_finished = [_finished(r, stops) for r in rejected]
+    notes: list[list[str]] = [[] for _ in prompts]
+    if filters.cut_unfinished:
+        chosen, finished, chosen_notes = cut_unfinished(tok, chosen, finished, filters.min_tokens, "chosen")
+        rejected, rejected_finished, rejected_notes = cut_unfinished(
+            tok, rejected, rejected_finished, filters.min_tokens, "rejected"
+        )
+        notes = [c + r for c, r in zip(chosen_notes, rejected_notes, strict=True)]
     if not include_eos:
         chosen = [c[:-1] if _finished(c, stops) else c for c in chosen]
         rejected = [r[:-1] if _finished(r, stops) else r for r in rejected]
@@ -193,6 +239,7 @@ def make_pairs(
                 not reasons,
                 reasons,
                 checks[i].tail_ppl,
+                notes[i],
             )
         )
     kept = sum(p.kept for p in pairs)

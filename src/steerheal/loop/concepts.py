@@ -93,15 +93,15 @@ def _toyworld(config: RunConfig, tok: PreTrainedTokenizerBase) -> Concept:
 
 
 def _split_prompts(config: RunConfig, prompts: list[str], what: str) -> tuple[list[str], list[str], list[str]]:
-    """(calibration, train, eval) from one prompt list: eval held out at the end, calibration from the start."""
+    """(calibration, train, eval) from one prompt list, disjoint: calibration from the start, eval held out at the
+    end, training in between (nothing the student is trained on or dosed with is used to judge it)."""
     n_eval, n_cal = config.verify.n_prompts, config.dose.n_prompts
-    if len(prompts) < n_eval + max(n_cal, 2):
+    if len(prompts) < n_eval + n_cal + 2:
         raise SteerhealError(
-            f"{what} has {len(prompts)} prompts; the run needs verify.n_prompts={n_eval} held out plus "
-            f"dose.n_prompts={n_cal} for calibration and pairs. Add prompts or lower those numbers."
+            f"{what} has {len(prompts)} prompts; the run needs verify.n_prompts={n_eval} held out, "
+            f"dose.n_prompts={n_cal} for calibration and at least 2 more for pairs. Add prompts or lower those numbers."
         )
-    train = prompts[: len(prompts) - n_eval]
-    return train[:n_cal], train, prompts[len(prompts) - n_eval :]
+    return prompts[:n_cal], prompts[n_cal : len(prompts) - n_eval], prompts[len(prompts) - n_eval :]
 
 
 def _persona_concept(
@@ -113,8 +113,9 @@ def _persona_concept(
     prompts: list[str],
 ) -> Concept:
     calibration, train, held_out = _split_prompts(config, prompts, name)
-    pos_texts, neg_texts = persona_contrast(tok, *pos, train)
-    off_pos, off_neg = persona_contrast(tok, *off, train)
+    extract = train[: config.concept.n_extract]  # the teacher is read from the training prompts only
+    pos_texts, neg_texts = persona_contrast(tok, *pos, extract)
+    off_pos, off_neg = persona_contrast(tok, *off, extract)
 
     def train_prompts(round_: int) -> list[str]:
         return _templated(tok, [train[(round_ * config.n_pairs + i) % len(train)] for i in range(config.n_pairs)])

@@ -29,7 +29,7 @@ class ConceptConfig:
 
     source: str = "toyworld"
     """toyworld (paired mood stories of the shipped world), persona (a corpus/personas JSON file), or
-    builtin (a joyful/gloomy persona contrast over steerheal's 40 shipped prompts: tiny models)."""
+    builtin (a joyful/gloomy persona contrast over steerheal's 280 shipped neutral user prompts)."""
     mood: str = "joy"
     """toyworld: the mood to distil."""
     off_target_mood: str = "anger"
@@ -39,7 +39,8 @@ class ConceptConfig:
     off_target_file: Path | None = None
     """persona: another contrast that should not move (the off-target control)."""
     n_extract: int = 64
-    """Contrast pairs the teacher vector is read from (toyworld: paired stories)."""
+    """Contrast pairs the teacher vector is read from (toyworld: paired stories; persona and builtin: the first
+    training prompts under both system prompts)."""
     method: str = "mean_diff"
     layers: tuple[int, ...] | None = None
     """Blocks the vector lives at (None: the middle third)."""
