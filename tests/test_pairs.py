@@ -6,6 +6,7 @@ import pytest
 
 import steerheal as sh
 from conftest import tiny
+from steerheal.dose.config import DoseConfig
 from steerheal.dose.filters import FilterConfig
 from steerheal.dose.pairs import SamplingConfig, completion_checks, make_pairs, read_pairs, write_pairs
 from steerheal.dose.walk import dose_walk, walk_and_pair
@@ -66,7 +67,9 @@ def test_strong_steering_is_dropped_more_often_than_unsteered_samples(toy):
 
 def test_dose_walk_lowers_alpha_then_fails_fast(toy):
     model, tok, v, prompts = toy
-    walk = dose_walk(model, tok, v, prompts, alpha=4.0, alpha_min=0.25, factor=0.5, keep_target=0.6, probe_size=12)
+    walk = dose_walk(
+        model, tok, v, prompts, DoseConfig(alpha=4.0, alpha_min=0.25, walk_factor=0.5, keep_target=0.6, probe_size=12)
+    )
     assert walk.alpha < 4.0 and walk.keep_rates[0] == (4.0, 0.0) and walk.keep_rates[-1][1] >= 0.6
     whole = make_pairs(model, tok, v, prompts[:20], walk.alpha, seed=0)
     reused = walk_and_pair(model, tok, v, prompts[:20], walk, seed=0)
@@ -75,9 +78,9 @@ def test_dose_walk_lowers_alpha_then_fails_fast(toy):
         assert a.chosen_tail_ppl == pytest.approx(b.chosen_tail_ppl, rel=1e-5)
     impossible = FilterConfig(max_tail_ppl=1.0)
     with pytest.raises(sh.SteerhealError, match=r"no usable data.*alpha 1: 0%.*alpha 0.5: 0%"):
-        dose_walk(model, tok, v, prompts, alpha=1.0, alpha_min=0.5, factor=0.5, probe_size=6, filters=impossible)
-    with pytest.raises(sh.SteerhealError, match="0 < factor < 1"):
-        dose_walk(model, tok, v, prompts, factor=1.5)
+        dose_walk(model, tok, v, prompts, DoseConfig(alpha_min=0.5, walk_factor=0.5, probe_size=6), filters=impossible)
+    with pytest.raises(sh.SteerhealError, match="0 < walk_factor < 1"):
+        dose_walk(model, tok, v, prompts, DoseConfig(walk_factor=1.5))
 
 
 def test_tiny_models_fail_every_default_filter_and_pass_the_loosened_preset():

@@ -35,6 +35,7 @@ def _shape_checked() -> AbstractContextManager[object]:
 with _shape_checked():
     from steerheal import toyworld
     from steerheal.adapter.gated import GatedLoRA
+    from steerheal.dose.config import DoseConfig
     from steerheal.dose.filters import FilterConfig
     from steerheal.dose.pairs import PreferencePair, SamplingConfig, make_pairs, read_pairs, write_pairs
     from steerheal.dose.walk import dose_walk
@@ -63,6 +64,7 @@ __version__ = steerheal_version()
 __all__ = [
     "TINY_ARCHS",
     "Corpus",
+    "DoseConfig",
     "FilterConfig",
     "Fingerprint",
     "GatedLoRA",

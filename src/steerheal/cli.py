@@ -161,6 +161,7 @@ def command_extract(args: list[str]) -> None:
 
 
 def command_calibrate(args: list[str]) -> None:
+    from steerheal.dose.calibrate import calibrate_dose
     from steerheal.loop.concepts import build_concept
     from steerheal.loop.model_spec import open_model
     from steerheal.read.vector import Vector
@@ -173,18 +174,8 @@ def command_calibrate(args: list[str]) -> None:
     vector = Vector.load(Path(folder))  # type: ignore[arg-type]  # checked before the model loads
     model, tok = open_model(config.model, config.quant, config.device, config.seed)
     vector = Vector.load(Path(folder), model=model)  # type: ignore[arg-type]
-    d = config.dose
-    vector.calibrate(
-        model,
-        tok,
-        build_concept(config, tok).calibration_prompts,
-        d.target_kl,
-        d.stat,
-        d.n_tokens,
-        d.tol,
-        liveness_samples=d.liveness_samples,
-        seed=config.seed,
-    )
+    prompts = build_concept(config, tok).calibration_prompts
+    calibrate_dose(vector, model, tok, prompts, config.dose, 0, config.seed, config.sampling.batch_size)
     vector.save(Path(folder))  # type: ignore[arg-type]
     record = vector.calibration or {}
     print(

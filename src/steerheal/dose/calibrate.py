@@ -29,6 +29,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
+from steerheal.dose.config import DoseConfig
 from steerheal.dose.filters import is_degenerate
 from steerheal.errors import SteerhealError
 from steerheal.lm.generate import sample
@@ -36,6 +37,7 @@ from steerheal.lm.scoring import CompletionBatch, completion_batches, scored_log
 from steerheal.lm.texts import Text, encode_prompts
 from steerheal.log import logger
 from steerheal.read.capture import residual_norm
+from steerheal.read.vector import Vector
 
 STATS = ("p95", "mean", "rmse", "max")
 METHODS = ("illinois", "bisect")
@@ -291,3 +293,29 @@ def find_dose(
         "continuations degenerate"
     )
     return Dose(sign * found.c, record)
+
+
+def calibrate_dose(
+    vector: Vector,
+    model: nn.Module,
+    tok: PreTrainedTokenizerBase,
+    prompts: Sequence[Text],
+    config: DoseConfig,
+    round: int = 0,
+    seed: int = 0,
+    batch_size: int = 16,
+) -> Vector:
+    """`vector.coeff` = round `round`'s iso-KL dose under `config` (its target, statistic, probe length,
+    tolerance and liveness check): the loop and `steerheal calibrate` both dose through here."""
+    return vector.calibrate(
+        model,
+        tok,
+        prompts,
+        config.target(round),
+        config.stat,
+        config.n_tokens,
+        config.tol,
+        liveness_samples=config.liveness_samples,
+        seed=seed,
+        batch_size=batch_size,
+    )

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from steerheal.dose.config import DoseConfig
 from steerheal.dose.filters import FilterConfig
 from steerheal.dose.pairs import PreferencePair, SamplingConfig, make_pairs
 from steerheal.errors import SteerhealError
@@ -31,25 +32,23 @@ def dose_walk(
     tok: PreTrainedTokenizerBase,
     vector: Vector,
     prompts: Sequence[str],
-    alpha: float = 1.0,
-    alpha_min: float = 0.25,
-    factor: float = 0.7,
-    keep_target: float = 0.5,
-    probe_size: int = 16,
+    config: DoseConfig = DoseConfig(),
     seed: int = 0,
     sampling: SamplingConfig = SamplingConfig(),
     filters: FilterConfig | None = None,
     include_eos: bool = True,
 ) -> DoseWalk:
-    """The largest alpha (from `alpha` down by `factor`) at which at least `keep_target` of a probe batch
-    survives the filters; below `alpha_min` a clear error with every keep rate tried."""
+    """The largest alpha (from `config.alpha` down by `config.walk_factor`) at which at least `config.keep_target`
+    of a probe batch (`config.probe_size` prompts) survives the filters; below `config.alpha_min` a clear error
+    with every keep rate tried."""
     filters = filters or FilterConfig()
+    alpha, alpha_min, factor, keep_target = config.alpha, config.alpha_min, config.walk_factor, config.keep_target
     if not 0 < factor < 1 or not 0 < alpha_min <= alpha or not 0 < keep_target <= 1:
         raise SteerhealError(
-            f"dose_walk: need 0 < factor < 1 (got {factor}), 0 < alpha_min <= alpha (got {alpha_min}, {alpha}), "
+            f"dose_walk: need 0 < walk_factor < 1 (got {factor}), 0 < alpha_min <= alpha (got {alpha_min}, {alpha}), "
             f"0 < keep_target <= 1 (got {keep_target})"
         )
-    probe = list(prompts[:probe_size])
+    probe = list(prompts[: config.probe_size])
     tried: list[tuple[float, float]] = []
     current = alpha
     unsteered: list[list[int]] | None = None

@@ -25,6 +25,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from steerheal.adapter.gated import GatedLoRA
+from steerheal.dose.calibrate import calibrate_dose
 from steerheal.dose.filters import FilterConfig
 from steerheal.dose.pairs import write_pairs
 from steerheal.dose.walk import dose_walk, walk_and_pair
@@ -97,35 +98,16 @@ class Loop:
 
     def _reference(self, teacher: Vector) -> Reference:
         if self.reference is None:
-            c = self.config
             self.reference = build_reference(
-                self.model,
-                self.adapter,
-                self.tok,
-                self.concept,
-                teacher,
-                self.reference_seed,
-                c.verify.max_new_tokens,
-                c.sampling.batch_size,
+                self.model, self.adapter, self.tok, self.concept, teacher, self.reference_seed, self.config
             )
         return self.reference
 
     def verify(self) -> tuple[dict[str, Any], list[dict[str, str]]]:
         """(metrics, samples) of the student as it is now, against the round-0 reference."""
-        c = self.config
         reference = self.reference if self.reference is not None else self._reference(self._teacher0())
         return verify_round(
-            self.model,
-            self.adapter,
-            self.tok,
-            self.concept,
-            reference,
-            self.reference_seed,
-            c.verify.max_new_tokens,
-            c.sampling.batch_size,
-            c.dose.n_tokens,
-            c.verify.retain_floor,
-            c.verify.n_samples,
+            self.model, self.adapter, self.tok, self.concept, reference, self.reference_seed, self.config
         )
 
     def _teacher0(self) -> Vector:
@@ -144,36 +126,11 @@ class Loop:
         vector = Vector.train(
             model, tok, teacher.pos, teacher.neg, c.concept.layers, c.concept.method, teacher.position
         )
-        d = c.dose
-        target = d.target_kl * d.round_decay**k
-        vector.calibrate(
-            model,
-            tok,
-            concept.calibration_prompts,
-            target,
-            d.stat,
-            d.n_tokens,
-            d.tol,
-            liveness_samples=d.liveness_samples,
-            seed=seed,
-            batch_size=c.sampling.batch_size,
-        )
+        target = c.dose.target(k)
+        calibrate_dose(vector, model, tok, concept.calibration_prompts, c.dose, k, seed, c.sampling.batch_size)
         filters = _filters(c)
         prompts = concept.train_prompts(k)
-        walk = dose_walk(
-            model,
-            tok,
-            vector,
-            prompts,
-            d.alpha,
-            d.alpha_min,
-            d.walk_factor,
-            d.keep_target,
-            d.probe_size,
-            seed,
-            c.sampling,
-            filters,
-        )
+        walk = dose_walk(model, tok, vector, prompts, c.dose, seed, c.sampling, filters)
         pairs = walk_and_pair(model, tok, vector, prompts, walk, seed, c.sampling, filters)
         kept = sum(p.kept for p in pairs)
         dose = {

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from steerheal.dose.config import DoseConfig
 from steerheal.dose.filters import FilterConfig
 from steerheal.dose.pairs import SamplingConfig
 from steerheal.errors import SteerhealError
@@ -44,29 +45,6 @@ class ConceptConfig:
     method: str = "mean_diff"
     layers: tuple[int, ...] | None = None
     """Blocks the vector lives at (None: the middle third)."""
-
-
-@dataclass(frozen=True)
-class DoseConfig:
-    """iso-KL calibration and the dose walk, re-done every round on the current student."""
-
-    target_kl: float = 1.0
-    """p95 of per-token KL(steered ‖ unsteered) in nats at the calibrated dose c* (round 0)."""
-    round_decay: float = 1.0
-    """Round k calibrates to target_kl * round_decay ** k: later rounds steer a student that already carries
-    the trait, and the same target would push its data ever further (a cumulative budget: earlier projects
-    spent about 1.7 nats over all rounds)."""
-    stat: str = "p95"
-    n_tokens: int = 20
-    tol: float = 0.05
-    n_prompts: int = 16
-    liveness_samples: int = 16
-    alpha: float = 1.0
-    """Dose of the pairs as a multiple of c*; lowered by the walk when too few pairs survive."""
-    alpha_min: float = 0.25
-    walk_factor: float = 0.7
-    keep_target: float = 0.5
-    probe_size: int = 16
 
 
 @dataclass(frozen=True)

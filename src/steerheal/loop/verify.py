@@ -39,6 +39,7 @@ from steerheal.lm.generate import decode, sample
 from steerheal.lm.scoring import completion_batches, completion_token_logprobs, scored_log_probs, token_kl
 from steerheal.lm.texts import encode_prompts
 from steerheal.loop.concepts import Concept, Contrast
+from steerheal.loop.runconfig import RunConfig
 from steerheal.read.capture import capture
 from steerheal.read.quality import heldout_scores
 from steerheal.read.readout import Readout, read_corpus
@@ -227,12 +228,12 @@ def build_reference(
     concept: Concept,
     teacher: Vector,
     seed: int,
-    max_new_tokens: int,
-    batch_size: int,
+    config: RunConfig,
 ) -> Reference:
     """Base and steered generations of the held-out prompts, their scores, the off-target vector and the
     noise ceiling, all on the base model (every gate 0)."""
     prompts = concept.eval_prompts
+    max_new_tokens, batch_size = config.verify.max_new_tokens, config.sampling.batch_size
     with adapter.reference("base"):
         off = Vector.train(
             model,
@@ -269,13 +270,16 @@ def verify_round(
     concept: Concept,
     reference: Reference,
     seed: int,
-    max_new_tokens: int,
-    batch_size: int,
-    n_tokens: int,
-    retain_floor: float,
-    n_samples: int,
+    config: RunConfig,
 ) -> tuple[dict[str, Any], list[dict[str, str]]]:
-    """(metrics, samples) of the student as the model is now (every folded round on, no steering)."""
+    """(metrics, samples) of the student as the model is now (every folded round on, no steering); the held-out
+    generation length, batch size, KL probe length, retain floor and sample count come from `config`."""
+    max_new_tokens, batch_size, n_tokens = (
+        config.verify.max_new_tokens,
+        config.sampling.batch_size,
+        config.dose.n_tokens,
+    )
+    retain_floor, n_samples = config.verify.retain_floor, config.verify.n_samples
     if steering_active(model):
         raise SteerhealError("verify: a steering hook is active; the student must be judged unsteered")
     prompts = concept.eval_prompts
