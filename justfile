@@ -14,9 +14,9 @@ run *ARGS:
 fast-dev-run *ARGS:
     BEARTYPE=1 steerheal run --preset fast-dev-run --overwrite "$@"
 
-# the whole test suite, shape-checked (BEARTYPE=1), one torch thread per process
+# the whole test suite, shape-checked (BEARTYPE=1), one torch thread per process; lists the 20 slowest tests
 test *ARGS:
-    BEARTYPE=1 python -m pytest "$@"
+    BEARTYPE=1 python -m pytest --durations=20 "$@"
 
 # lint and format check
 lint:
