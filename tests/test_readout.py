@@ -208,7 +208,7 @@ def test_load_validates_the_two_files_and_the_model(tmp_path, logs):
         (broken(lambda m: m.update(layers=[0, 1])), "do not belong together"),
         (broken(lambda m: m.update(dtype="float16")), "stored as torch.float32 but readout.json says float16"),
         (broken(lambda m: m.update(hidden_size=32)), "hidden size 32"),
-        (broken(lambda m: m.pop("concepts")), r"lacks \['concepts'\]"),
+        (broken(lambda m: m.pop("concepts")), "readout.json lacks 'concepts'"),
         (broken(tensor_change=lambda t: t.update({"layer_0.vectors": 2 * t["layer_0.vectors"]})), "not unit"),
         (broken(tensor_change=lambda t: t.pop("layer_2.norms")), "do not belong together"),
         (broken(lambda m: m.update(concepts=["anger", "calm", "fear", "anger"])), "unique plain identifiers"),
