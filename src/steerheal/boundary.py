@@ -18,7 +18,6 @@ few isinstance tests.
 from __future__ import annotations
 
 import collections.abc as abc
-import dataclasses
 import functools
 import inspect
 import os
@@ -261,20 +260,6 @@ def _raise_if_wrong(qualname: str, entry: tuple[Any, Check], value: Any, where: 
         raise SteerhealError(
             f"{qualname}: argument {name!r} must be {describe(hint)}, but {wrong}; {fix_for(hint, value)}"
         )
-
-
-def check_fields(obj: Any) -> None:
-    """A dataclass instance's fields against their annotations (called from `__post_init__`)."""
-    cls = type(obj)
-    namespace = vars(inspect.getmodule(cls))
-    for field in dataclasses.fields(obj):
-        hint = eval(field.type, namespace) if isinstance(field.type, str) else field.type
-        value = getattr(obj, field.name)
-        wrong = _compile(hint)(value, field.name)
-        if wrong:
-            raise SteerhealError(
-                f"{cls.__name__}: field {field.name!r} must be {describe(hint)}, but {wrong}; {fix_for(hint, value)}"
-            )
 
 
 def check_meta(meta: dict[str, Any], schema: dict[str, Any], file: Path, what: str, saver: str) -> None:

@@ -28,7 +28,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
-from steerheal.boundary import check_fields, checked
+from steerheal.boundary import checked
 from steerheal.errors import SteerhealError
 from steerheal.files import atomic_save_safetensors, atomic_write_json, check_finite, provenance, read_tensor_folder
 from steerheal.lm.fingerprint import Fingerprint, fingerprint, warn_if_made_for_another
@@ -145,7 +145,6 @@ class Readout:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        check_fields(self)
         self.concepts = list(self.concepts)
         if not self.concepts:
             raise SteerhealError("a Readout needs at least one concept")
@@ -410,6 +409,9 @@ class Readout:
             readout.check_model(model)
             warn_if_made_for_another(readout.fingerprint, model, what)
         return readout
+
+
+Readout.__init__ = checked(Readout.__init__)  # type: ignore[method-assign] (arguments checked first, as Vector's)
 
 
 def _check_sizes(corpus: Corpus, method: str) -> None:

@@ -19,7 +19,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
-from steerheal.boundary import check_choice, check_fields, check_meta, checked, safetensors_header
+from steerheal.boundary import check_choice, check_meta, checked, safetensors_header
 from steerheal.errors import SteerhealError
 from steerheal.files import atomic_save_safetensors, atomic_write_json, check_finite, provenance, read_tensor_folder
 from steerheal.lm.blocks import n_layers
@@ -64,7 +64,6 @@ class Vector:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        check_fields(self)
         if not self.directions:
             raise SteerhealError("a Vector needs at least one layer")
         if set(self.directions) != set(self.norms):
@@ -311,3 +310,7 @@ class Vector:
             position,
             meta={"source": "steering-vectors"},
         )
+
+
+# the dataclass constructor's arguments are checked before anything else (BEARTYPE=1's class check included)
+Vector.__init__ = checked(Vector.__init__)  # type: ignore[method-assign]
