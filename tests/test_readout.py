@@ -209,7 +209,7 @@ def test_load_validates_the_two_files_and_the_model(tmp_path, logs):
         (broken(lambda m: m.update(layers=[0, 1])), "do not belong together"),
         (broken(lambda m: m.update(dtype="float16")), "stored as torch.float32 but readout.json says float16"),
         (broken(lambda m: m.update(hidden_size=32)), "hidden size 32"),
-        (broken(lambda m: m.pop("concepts")), r"lacks \['concepts'\]"),
+        (broken(lambda m: m.pop("concepts")), "readout.json lacks 'concepts'"),
         (broken(tensor_change=lambda t: t.update({"layer_0.vectors": 2 * t["layer_0.vectors"]})), "not unit"),
         (broken(tensor_change=lambda t: t.pop("layer_2.norms")), "do not belong together"),
         (broken(lambda m: m.update(concepts=["anger", "calm", "fear", "anger"])), "unique plain identifiers"),
@@ -320,11 +320,11 @@ def test_monitor_leaves_generation_unchanged_and_follows_steerheal_sample(corpus
         ids = sh.sample(model, tok, prompts, seed=0, max_new_tokens=5, batch_size=2)
         sh.sample(model, tok, prompts[:1], seed=1, max_new_tokens=3)  # a second segment
     assert trace.scores.shape[0] == 3, "two segments, their sequences one after the other"
-    # sample batches prompts longest first, and keeps forwarding a finished row (as padding with mask 1)
-    # until every row is done; the last sampled token is not forwarded
-    steps = max(len(c) for c in ids)
-    want = sorted((enc.attention_mask.sum(1) + steps - 1).tolist(), reverse=True)
-    assert trace.mask[:2].sum(1).tolist() == want
+    # sample batches prompts longest first and forwards a row that has stopped (masked out) until every row is
+    # done; the last sampled token is not forwarded: prompt + completion - 1 real positions per row
+    lengths = enc.attention_mask.sum(1).tolist()
+    order = sorted(range(2), key=lambda i: -lengths[i])
+    assert trace.mask[:2].sum(1).tolist() == [lengths[i] + len(ids[i]) - 1 for i in order]
     assert trace.mask[2].sum() < trace.mask[0].sum() and torch.isnan(trace.scores[2, ~trace.mask[2]]).all()
 
 

@@ -34,6 +34,7 @@ from steerheal.adapter.bake import merge_dense
 from steerheal.adapter.lowrank import dense_delta, truncated_svd, weighted_concat
 from steerheal.adapter.peft_files import lora_keys, read_config, read_weights, write_adapter
 from steerheal.adapter.targets import check_band, linear_kind, select_targets
+from steerheal.boundary import check_meta, checked
 from steerheal.errors import SteerhealError
 from steerheal.files import atomic_write_json, check_output_folder, provenance, read_json
 from steerheal.lm.blocks import unwrap
@@ -43,6 +44,11 @@ from steerheal.log import logger, quiet_bitsandbytes
 FORMAT_VERSION = 1
 META_FILE = "gated.json"
 EXPORT_META_FILE = "steerheal_export.json"
+SCHEMA = {  # gated.json: keys whose annotation admits None may be absent
+    **{"r": int, "alpha": float, "target_modules": list[str] | None, "target_names": list[str], "seed": int},
+    **{"depth_band": list[float], "fan_in_fan_out": bool, "history": list[dict[str, Any]] | None},
+    **{"current": dict[str, Any] | None, "fingerprint": dict[str, Any] | None},
+}
 KIND = "steerheal.gated_lora"
 REFERENCES: tuple[str, ...] = ("base", "prev")
 COLLAPSE_METHODS: tuple[str, ...] = ("cat", "svd")
@@ -509,6 +515,7 @@ class GatedLoRA:
         return directory
 
     @classmethod
+    @checked
     def load(cls, model: nn.Module, directory: str | Path) -> GatedLoRA:
         """Attach the rounds saved in `directory` to `model` (in place), gates and all.
 
@@ -523,6 +530,7 @@ class GatedLoRA:
                 f"{what}: kind {meta.get('kind')!r} version {meta.get('format_version')!r} is not a GatedLoRA save "
                 f"this steerheal reads ({KIND} version {FORMAT_VERSION})"
             )
+        check_meta(meta, SCHEMA, directory / META_FILE, what, "GatedLoRA.save")
         saved_fp = Fingerprint.from_dict(meta.get("fingerprint") or {}, what)
         mine = fingerprint(model)
         identity = saved_fp.differences(mine, "identity")

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from steerheal.boundary import checked
 from steerheal.errors import SteerhealError
 from steerheal.lm.blocks import context_length, model_device, unwrap
 from steerheal.lm.texts import Text, encode, left_pad, length_sorted_batches, require_pad_token
@@ -22,10 +23,10 @@ from steerheal.log import progress_disabled
 from steerheal.seeds import derived_seed
 
 
-def stop_ids(model: nn.Module, tok: PreTrainedTokenizerBase) -> frozenset[int]:
+def stop_ids(model: nn.Module, tok: PreTrainedTokenizerBase | None) -> frozenset[int]:
     """Every token that ends a completion: the tokenizer's eos and whatever the model's generation config
     declares (chat models end a turn with their own token: gemma-3-it's <end_of_turn>, Llama 3's <|eot_id|>)."""
-    ids = set() if tok.eos_token_id is None else {int(tok.eos_token_id)}
+    ids = set() if tok is None or tok.eos_token_id is None else {int(tok.eos_token_id)}
     declared = getattr(getattr(unwrap(model), "generation_config", None), "eos_token_id", None)
     ids.update([declared] if isinstance(declared, int) else list(declared or []))
     return frozenset(ids)
@@ -48,6 +49,7 @@ def _next_tokens(
     return torch.stack([torch.multinomial(p.cpu(), 1, generator=g)[0] for p, g in zip(probs, generators, strict=True)])
 
 
+@checked
 @torch.no_grad()
 def sample(
     model: nn.Module,
@@ -102,7 +104,9 @@ def sample(
             done |= torch.isin(token, stop_tensor.to(token.device))
             if done.all() or step == max_new_tokens - 1:  # the last sampled token is never forwarded
                 break
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
+            # a row that has stopped forwards its stop token, then pads, masked out: its later positions are
+            # not real tokens (a monitor reads them as padding, as it would at batch size 1)
+            mask = torch.cat([mask, (~done).to(mask.dtype)[:, None]], dim=-1)
             positions = positions[:, -1:] + 1
             result = model(
                 input_ids=token[:, None],

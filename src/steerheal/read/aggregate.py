@@ -62,6 +62,23 @@ SUBSPACE_K = 4  # eigenvectors of D combined into the direction
 SPECTRUM_SIZE = 8  # eigenvalues of D kept for the report
 
 
+# separation / median activation norm below this is float noise, not a concept: the same texts in another
+# order give about 1e-7 relative (float32 rounding of the means); a real contrast gives 1e-2 and more
+NOISE_SEPARATION = 1e-4
+
+
+def check_separation(method: str, separation: float, pos: Tensor, neg: Tensor) -> None:
+    """Refuse a direction whose separation is float noise relative to the activations' scale."""
+    scale = float(torch.cat([pos, neg]).float().norm(dim=-1).median())
+    if not separation >= NOISE_SEPARATION * scale:
+        raise SteerhealError(
+            f"method {method!r}: the positive and negative texts are not separated (separation {separation:.3g} "
+            f"against a median activation norm of {scale:.3g}, a ratio below {NOISE_SEPARATION:g}: float noise, "
+            "not a direction). Are pos and neg the same texts, perhaps in another order? Give texts that differ in "
+            "the concept"
+        )
+
+
 def check_method(method: str, n_pos: int, n_neg: int) -> None:
     if method not in METHODS:
         raise SteerhealError(f"method={method!r}: use one of {list(METHODS)}")
@@ -172,6 +189,7 @@ def direction(
     separation = float(pos.mean(0) @ unit - neg.mean(0) @ unit)
     if separation < 0:
         unit, separation = -unit, -separation
+    check_separation(method, separation, pos, neg)
     return unit, separation
 
 
@@ -227,4 +245,5 @@ def subspace(
     separation = float(shift @ unit)
     if separation < 0:
         unit, separation = -unit, -separation
+    check_separation("subspace", separation, pos, neg)
     return unit, separation, spectrum

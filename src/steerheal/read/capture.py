@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from steerheal.boundary import checked
 from steerheal.errors import SteerhealError
 from steerheal.lm.blocks import block_hidden, context_length, decoder_layers, hidden_size, model_device, n_layers
 from steerheal.lm.texts import Batch, Text, encode, left_pad, length_sorted_batches, require_pad_token
@@ -139,6 +140,7 @@ def _unique(texts: Sequence[Text], what: str) -> tuple[list[Text], list[int]]:
     return list(index), inverse
 
 
+@checked
 @torch.no_grad()
 def capture(
     model: nn.Module,
@@ -204,6 +206,7 @@ def capture_each(
     return {layer: [acts[i] for i in inverse] for layer, acts in out.items()}
 
 
+@checked
 def capture_tokens(
     model: nn.Module,
     tok: PreTrainedTokenizerBase,

@@ -7,7 +7,11 @@ of its positions. A call without a KV cache (or with an empty one) starts a new 
 `generate` or `steerheal.sample` batch; the calls of a segment are concatenated along positions.
 
 The last sampled token is never forwarded (generation stops once it is chosen), so it has no scores: a
-prompt of P tokens and N new tokens gives P + N − 1 positions. Scores are float32; the hooks only read,
+prompt of P tokens and N new tokens gives P + N − 1 positions. In a batch, a row that has stopped is still
+forwarded (its stop token, then pads) until every row is done; from its stop token on its positions are
+padding (`mask == False`), as they would be alone: a cached one-token step that forwards a stop token the
+model declares ends that row (`steerheal.sample` masks them itself). A call that reaches past the model's
+context is refused, as `capture` refuses a text longer than it. Scores are float32; the hooks only read,
 so the model's outputs are unchanged, and they are removed on exit, also on exceptions.
 """
 
@@ -24,7 +28,8 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from steerheal.errors import SteerhealError
-from steerheal.lm.blocks import block_hidden, decoder_layers, unwrap
+from steerheal.lm.blocks import block_hidden, context_length, decoder_layers, unwrap
+from steerheal.lm.generate import stop_ids
 
 if TYPE_CHECKING:
     from steerheal.read.readout import Readout
@@ -43,9 +48,10 @@ class Trace:
     one after another); padding positions (left padding, and the tail of a shorter segment) have
     `mask == False` and NaN scores where nothing was computed."""
 
-    def __init__(self, concepts: list[str], layers: list[int]) -> None:
+    def __init__(self, concepts: list[str], layers: list[int], stops: frozenset[int] = frozenset()) -> None:
         self.concepts = list(concepts)
         self.layers = list(layers)
+        self.stops = torch.tensor(sorted(stops), dtype=torch.long)
         self._segments: list[list[_Call]] = []
 
     # ------------------------------------------------------------------ assembly
@@ -60,6 +66,7 @@ class Trace:
             )
         b, k = batch.pop(), len(self.concepts)
         scores, masks, ids, steps = [], [], [], []
+        ended = torch.zeros(b, dtype=torch.bool)  # rows whose stop token was forwarded in a cached step
         for step, call in enumerate(calls):
             length = next(
                 (s.shape[1] for s in call.scores if s is not None), call.ids.shape[1] if call.ids is not None else 0
@@ -69,7 +76,11 @@ class Trace:
                 for s in call.scores
             ]
             scores.append(torch.stack(layer_scores, dim=2))
-            masks.append(call.mask.cpu().bool() if call.mask is not None else torch.ones(b, length, dtype=torch.bool))
+            mask = call.mask.cpu().bool() if call.mask is not None else torch.ones(b, length, dtype=torch.bool)
+            if step > 0 and length == 1 and call.ids is not None:
+                ended |= torch.isin(call.ids[:, 0].cpu(), self.stops)
+                mask = mask & ~ended[:, None]
+            masks.append(mask)
             ids.append(call.ids.cpu().long() if call.ids is not None else torch.full((b, length), -1))
             steps.append(torch.full((b, length), step))
         return torch.cat(scores, 1), torch.cat(masks, 1), torch.cat(ids, 1), torch.cat(steps, 1)
@@ -140,13 +151,15 @@ class Trace:
         return pl.DataFrame(columns)
 
 
+def _past_length(past: Any) -> int:
+    if hasattr(past, "get_seq_length"):
+        return int(past.get_seq_length())
+    return int(past[0][0].shape[-2]) if len(past) else 0  # legacy tuple cache: (key, value) per layer
+
+
 def _starts_segment(kwargs: dict[str, Any]) -> bool:
     past = kwargs.get("past_key_values")
-    if past is None:
-        return True
-    if hasattr(past, "get_seq_length"):
-        return int(past.get_seq_length()) == 0
-    return len(past) == 0
+    return past is None or _past_length(past) == 0
 
 
 @contextmanager
@@ -155,7 +168,8 @@ def monitor(readout: Readout, model: nn.Module) -> Iterator[Trace]:
     readout.check_model(model)
     inner = unwrap(model)
     blocks = decoder_layers(model)
-    trace = Trace(readout.concepts, readout.layers)
+    trace = Trace(readout.concepts, readout.layers, stop_ids(model, None))
+    context = context_length(model)
     rows = {layer: readout.vectors[layer] for layer in readout.layers}
     cast: dict[tuple[int, torch.device], Tensor] = {}
 
@@ -174,7 +188,14 @@ def monitor(readout: Readout, model: nn.Module) -> Iterator[Trace]:
         length = ids.shape[1] if ids is not None else embeds.shape[1] if embeds is not None else None
         if length is None:
             return
-        if _starts_segment(kwargs) or not trace._segments:
+        starts = _starts_segment(kwargs)
+        reach = length + (0 if starts else _past_length(kwargs["past_key_values"]))
+        if reach > context:
+            raise SteerhealError(
+                f"monitor: this forward call reaches {reach} positions (its input is {length} tokens) but the model's "
+                f"context is {context}; shorten the prompt (or max_new_tokens) to fit, as capture requires"
+            )
+        if starts or not trace._segments:
             trace._segments.append([])
         mask = kwargs.get("attention_mask")
         trace._segments[-1].append(

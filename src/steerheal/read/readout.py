@@ -28,35 +28,36 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
+from steerheal.boundary import checked
 from steerheal.errors import SteerhealError
 from steerheal.files import atomic_save_safetensors, atomic_write_json, check_finite, provenance, read_tensor_folder
 from steerheal.lm.fingerprint import Fingerprint, fingerprint, warn_if_made_for_another
 from steerheal.lm.texts import Text
 from steerheal.read.aggregate import (
-    METHODS,
     MIN_PER_SIDE_FOR_CV,
     SUBSPACE_K,
     SUBSPACE_RANK,
     TOKEN_METHODS,
+    check_separation,
     direction,
     subspace,
     text_basis,
 )
 from steerheal.read.capture import capture, capture_each, check_fits, check_layers, check_position
 from steerheal.read.corpus import NAME, Corpus
+from steerheal.read.readout_files import (
+    FORMAT_VERSION,
+    META_FILE,
+    READOUT_METHODS,
+    STORED_DTYPES,
+    TENSOR_FILE,
+    check_saved,
+)
 from steerheal.read.vector import Vector, default_layers
 
 if TYPE_CHECKING:
     from steerheal.read.monitor import Trace
     from steerheal.read.quality import QualityReport
-
-FORMAT_VERSION = 1
-TENSOR_FILE = "readout.safetensors"
-META_FILE = "readout.json"
-READOUT_METHODS: tuple[str, ...] = (*METHODS, *TOKEN_METHODS)
-STORED_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# a unit row rounded to the stored dtype is unit to about its precision times sqrt(hidden)
-UNIT_TOLERANCE = {"float32": 1e-4, "bfloat16": 2e-2, "float16": 5e-3}
 
 
 def resolve_position(method: str, position: str | None) -> str:
@@ -134,7 +135,7 @@ def _round_robin(pos: Tensor, neg: Tensor) -> tuple[Tensor, Tensor]:
 
 @dataclass
 class Readout:
-    concepts: list[str]
+    concepts: Sequence[str]
     vectors: dict[int, Float[Tensor, "n_concepts hidden"]]
     norms: dict[int, Float[Tensor, " n_concepts"]]
     method: str
@@ -191,6 +192,7 @@ class Readout:
             f"layers={self.layers})"
         )
 
+    @checked
     def __getitem__(self, concept: str) -> Vector:
         """One concept as a `Vector` (its position is where texts are scored: `all` reads as `mean`)."""
         if concept not in self.concepts:
@@ -207,6 +209,7 @@ class Readout:
 
     # ------------------------------------------------------------------ training
     @classmethod
+    @checked
     def train(
         cls,
         model: nn.Module,
@@ -232,6 +235,7 @@ class Readout:
         return cls.fit(acts, corpus, method, fingerprint(model))
 
     @classmethod
+    @checked
     def fit(
         cls,
         acts: CorpusActivations,
@@ -254,24 +258,25 @@ class Readout:
             units, seps, specs = [], [], []
             for j in range(len(corpus.concepts)):
                 pos, neg = x[labels[:, j]], x[~labels[:, j]]
-                if method in TOKEN_METHODS:
-                    pick = labels[:, j].tolist()
-                    unit, _, spectrum = subspace(
-                        [b for b, p in zip(bases, pick, strict=True) if p],
-                        [b for b, p in zip(bases, pick, strict=True) if not p],
-                        pos,
-                        neg,
-                        k,
-                    )
-                    specs.append(spectrum)
-                else:
-                    try:
+                try:
+                    if method in TOKEN_METHODS:
+                        pick = labels[:, j].tolist()
+                        unit, _, spectrum = subspace(
+                            [b for b, p in zip(bases, pick, strict=True) if p],
+                            [b for b, p in zip(bases, pick, strict=True) if not p],
+                            pos,
+                            neg,
+                            k,
+                        )
+                        specs.append(spectrum)
+                    else:
                         unit, _ = direction(method, *(_round_robin(pos, neg) if method == "pca" else (pos, neg)))
-                    except SteerhealError as err:
-                        raise SteerhealError(f"concept {corpus.concepts[j]!r} at layer {layer}: {err}") from err
-                separation = float(pos.mean(0) @ unit - neg.mean(0) @ unit)  # over the sets, not the pairs
-                if separation < 0:
-                    unit, separation = -unit, -separation
+                    separation = float(pos.mean(0) @ unit - neg.mean(0) @ unit)  # over the sets, not the pairs
+                    if separation < 0:
+                        unit, separation = -unit, -separation
+                    check_separation(method, separation, pos, neg)
+                except SteerhealError as err:
+                    raise SteerhealError(f"concept {corpus.concepts[j]!r} at layer {layer}: {err}") from err
                 units.append(unit)
                 seps.append(separation)
             vectors[layer], norms[layer] = torch.stack(units), torch.tensor(seps)
@@ -295,9 +300,11 @@ class Readout:
         )
 
     # ------------------------------------------------------------------ reading
+    @checked
     def check_model(self, model: nn.Module) -> None:
         check_fits(model, "readout", self.hidden_size, self.layers)
 
+    @checked
     def score(
         self,
         model: nn.Module,
@@ -313,6 +320,7 @@ class Readout:
         acts = capture(model, tok, texts, self.layers, where, batch_size, what="texts")
         return torch.stack([acts[layer] @ self.vectors[layer].T for layer in self.layers], dim=1)
 
+    @checked
     @contextmanager
     def monitor(self, model: nn.Module) -> Iterator[Trace]:
         """Record concept scores at every position the model processes inside the block (`monitor.py`)."""
@@ -321,6 +329,7 @@ class Readout:
         with monitor(self, model) as trace:
             yield trace
 
+    @checked
     def quality(
         self,
         model: nn.Module,
@@ -338,6 +347,7 @@ class Readout:
         return quality(self, model, tok, corpus, heldout, seed, path, show, batch_size)
 
     # ------------------------------------------------------------------ files
+    @checked
     def save(self, directory: str | Path, dtype: str = "float32") -> Path:
         """`readout.safetensors` + `readout.json`, atomically. `dtype` is that of the stored tensors."""
         if dtype not in STORED_DTYPES:
@@ -353,7 +363,8 @@ class Readout:
         atomic_save_safetensors(
             directory / TENSOR_FILE,
             tensors,
-            {"format": "steerheal.readout", "format_version": str(FORMAT_VERSION)},
+            # the concept of each row, checked against readout.json on load
+            {"format": "steerheal.readout", "format_version": str(FORMAT_VERSION), "concepts": str(self.concepts)},
         )
         meta = {
             "format_version": FORMAT_VERSION,
@@ -373,50 +384,14 @@ class Readout:
         return directory
 
     @classmethod
+    @checked
     def load(cls, directory: str | Path, model: nn.Module | None = None) -> Readout:
         """Read a saved readout, checking the two files against each other and, given one, the model."""
         directory = Path(directory)
         what = f"readout at {directory}"
         meta, tensors = read_tensor_folder(directory, META_FILE, TENSOR_FILE, FORMAT_VERSION, what, "Readout.save")
-        required = ("concepts", "layers", "hidden_size", "dtype", "method", "position")
-        missing = [key for key in required if key not in meta]
-        if missing:
-            raise SteerhealError(f"{what}: {META_FILE} lacks {missing}; the file is damaged or foreign")
-        dtype = meta["dtype"]
-        if dtype not in STORED_DTYPES:
-            raise SteerhealError(f"{what}: {META_FILE} says dtype {dtype!r}, not one of {list(STORED_DTYPES)}")
-        if not isinstance(meta["concepts"], list) or not isinstance(meta["layers"], list):
-            raise SteerhealError(f"{what}: concepts and layers in {META_FILE} must be lists")
-        concepts, layers = list(meta["concepts"]), [int(x) for x in meta["layers"]]
-        parts = ["vectors", "norms", *(["spectrum"] if meta.get("spectrum") else [])]
-        expected = {f"layer_{layer}.{part}" for layer in layers for part in parts}
-        if set(tensors) != expected:
-            raise SteerhealError(
-                f"{what}: {TENSOR_FILE} holds {sorted(tensors)} but {META_FILE} lists layers {layers} "
-                f"(expecting {sorted(expected)}); the two files do not belong together"
-            )
-        hidden = meta["hidden_size"]
-        for name, tensor in tensors.items():
-            if tensor.dtype != STORED_DTYPES[dtype]:
-                raise SteerhealError(f"{what}: {name} is stored as {tensor.dtype} but {META_FILE} says {dtype}")
-            want = (len(concepts), hidden) if name.endswith(".vectors") else (len(concepts),)
-            if name.endswith(".vectors") or name.endswith(".norms"):
-                if tuple(tensor.shape) != want:
-                    raise SteerhealError(
-                        f"{what}: {name} has shape {tuple(tensor.shape)}, but {META_FILE} lists "
-                        f"{len(concepts)} concepts and hidden size {hidden}: expected {want}"
-                    )
-            elif tensor.ndim != 2 or tensor.shape[0] != len(concepts):
-                raise SteerhealError(f"{what}: {name} has shape {tuple(tensor.shape)}, expected ({len(concepts)}, k)")
-        check_finite(tensors, what)
-        for layer in layers:
-            lengths = tensors[f"layer_{layer}.vectors"].float().norm(dim=-1)
-            worst = float((lengths - 1).abs().max())
-            if worst > UNIT_TOLERANCE[dtype]:
-                raise SteerhealError(
-                    f"{what}: layer_{layer}.vectors rows are not unit vectors (a row's norm is off by {worst:.3g}); "
-                    "the readout format stores unit rows, with the magnitudes in layer_<i>.norms"
-                )
+        check_saved(directory, meta, tensors, what)
+        concepts, layers = meta["concepts"], meta["layers"]
         fp = meta.get("fingerprint")
         readout = cls(
             concepts,
@@ -434,6 +409,9 @@ class Readout:
             readout.check_model(model)
             warn_if_made_for_another(readout.fingerprint, model, what)
         return readout
+
+
+Readout.__init__ = checked(Readout.__init__)  # type: ignore[method-assign] (arguments checked first, as Vector's)
 
 
 def _check_sizes(corpus: Corpus, method: str) -> None:

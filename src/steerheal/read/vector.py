@@ -19,19 +19,31 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
+from steerheal.boundary import check_choice, check_meta, checked, safetensors_header
 from steerheal.errors import SteerhealError
 from steerheal.files import atomic_save_safetensors, atomic_write_json, check_finite, provenance, read_tensor_folder
 from steerheal.lm.blocks import n_layers
 from steerheal.lm.fingerprint import Fingerprint, fingerprint, warn_if_made_for_another
 from steerheal.lm.texts import Text
-from steerheal.read.aggregate import check_method, direction
-from steerheal.read.capture import capture, check_fits, check_layers, check_position
+from steerheal.read.aggregate import METHODS, TOKEN_METHODS, check_method, direction
+from steerheal.read.capture import POOLED, capture, check_fits, check_layers, check_position
 from steerheal.read.steering import add_to_residual
 
 FORMAT_VERSION = 1
 TENSOR_FILE = "vector.safetensors"
 META_FILE = "vector.json"
 UNIT_TOLERANCE = 1e-4
+# vector.json: keys whose annotation admits None may be absent
+SCHEMA = {
+    "layers": list[int],
+    "hidden_size": int,
+    "method": str,
+    "position": str,
+    "coeff": float | None,
+    "fingerprint": dict[str, Any] | None,
+    "calibration": dict[str, Any] | None,
+    "meta": dict[str, Any] | None,
+}
 
 
 def default_layers(model: nn.Module) -> list[int]:
@@ -81,6 +93,7 @@ class Vector:
 
     # ------------------------------------------------------------------ training
     @classmethod
+    @checked
     def train(
         cls,
         model: nn.Module,
@@ -117,6 +130,7 @@ class Vector:
         )
 
     # ------------------------------------------------------------------ dose
+    @checked
     def calibrate(
         self,
         model: nn.Module,
@@ -156,6 +170,7 @@ class Vector:
     def _check_model(self, model: nn.Module) -> None:
         check_fits(model, "vector", self.hidden_size, self.layers)
 
+    @checked
     @contextmanager
     def steer(self, model: nn.Module, alpha: float = 1.0, coeff: float | None = None) -> Iterator[None]:
         """Add `alpha · (coeff or v.coeff) · v̂` to the residual stream at the vector's layers."""
@@ -168,6 +183,7 @@ class Vector:
         with self(model, C=alpha * base):
             yield
 
+    @checked
     @contextmanager
     def __call__(self, model: nn.Module, C: float) -> Iterator[None]:
         """Steer with an absolute strength C (the same C at every layer of the vector)."""
@@ -177,6 +193,7 @@ class Vector:
         with add_to_residual(model, {layer: C * d for layer, d in self.directions.items()}):
             yield
 
+    @checked
     def project(
         self,
         model: nn.Module,
@@ -191,6 +208,7 @@ class Vector:
         return torch.stack([acts[layer] @ self.directions[layer] for layer in self.layers], dim=-1)
 
     # ------------------------------------------------------------------ files
+    @checked
     def save(self, directory: str | Path) -> Path:
         """`vector.safetensors` (unit `layer_<i>`, raw `norms` in layer order) + `vector.json`, atomically."""
         directory = Path(directory)
@@ -199,7 +217,8 @@ class Vector:
         atomic_save_safetensors(
             directory / TENSOR_FILE,
             tensors,
-            {"format": "steerheal.vector", "format_version": str(FORMAT_VERSION)},
+            # the layer order of `norms`, checked against vector.json on load
+            {"format": "steerheal.vector", "format_version": str(FORMAT_VERSION), "layers": str(self.layers)},
         )
         meta = {
             "format_version": FORMAT_VERSION,
@@ -219,17 +238,27 @@ class Vector:
         return directory
 
     @classmethod
+    @checked
     def load(cls, directory: str | Path, model: nn.Module | None = None) -> Vector:
         """Read a saved vector; with a model, check it fits (hidden size, layer range, identity warned)."""
         directory = Path(directory)
         what = f"vector at {directory}"
         meta, tensors = read_tensor_folder(directory, META_FILE, TENSOR_FILE, FORMAT_VERSION, what, "Vector.save")
-        layers = [int(x) for x in meta.get("layers", [])]
+        check_meta(meta, SCHEMA, directory / META_FILE, what, "Vector.save")
+        check_choice(meta["method"], (*METHODS, *TOKEN_METHODS), "method", directory / META_FILE, what)
+        check_choice(meta["position"], POOLED, "position", directory / META_FILE, what)
+        layers = meta["layers"]
         expected = {f"layer_{layer}" for layer in layers} | {"norms"}
         if set(tensors) != expected:
             raise SteerhealError(
                 f"{what}: {TENSOR_FILE} holds {sorted(tensors)} but {META_FILE} lists layers {layers}; "
                 "the two files do not belong together"
+            )
+        written = safetensors_header(directory / TENSOR_FILE).get("layers", str(sorted(layers)))
+        if layers != sorted(set(layers)) or str(layers) != written:
+            raise SteerhealError(
+                f"{what}: {META_FILE} lists layers {layers} but {TENSOR_FILE} stores its norms in the order "
+                f"{written}; the layer list was edited, so norms would go to the wrong layers: restore {META_FILE}"
             )
         check_finite(tensors, what)
         norms = tensors["norms"]
@@ -263,6 +292,7 @@ class Vector:
         return SteeringVector({layer: d * self.norms[layer] for layer, d in self.directions.items()}, "decoder_block")
 
     @classmethod
+    @checked
     def from_steering_vectors(cls, sv: Any, method: str = "mean_diff", position: str = "last") -> Vector:
         """Wrap a `steering_vectors.SteeringVector` read at decoder blocks (the same layer convention)."""
         if getattr(sv, "layer_type", None) != "decoder_block":
@@ -280,3 +310,7 @@ class Vector:
             position,
             meta={"source": "steering-vectors"},
         )
+
+
+# the dataclass constructor's arguments are checked before anything else (BEARTYPE=1's class check included)
+Vector.__init__ = checked(Vector.__init__)  # type: ignore[method-assign]
