@@ -297,3 +297,20 @@ def safetensors_header(path: Path) -> dict[str, str]:
 
     with safe_open(path, "pt") as handle:
         return handle.metadata() or {}
+
+
+def check_methods(cls: type, *, init: bool = False) -> type:
+    """`@checked` on every public method of `cls` (plain, class and static methods; `__call__`, `__getitem__`),
+    and on `__init__` when `init` (a dataclass's generated constructor, which a decorator in the class body
+    cannot reach). Properties are attributes, not calls: they are left alone."""
+    for name, member in list(vars(cls).items()):
+        public = not name.startswith("_") or name in ("__call__", "__getitem__") or (init and name == "__init__")
+        if not public or getattr(member, "__steerheal_checked__", False):
+            continue
+        if isinstance(member, classmethod):
+            setattr(cls, name, classmethod(checked(member.__func__)))
+        elif isinstance(member, staticmethod):
+            setattr(cls, name, staticmethod(checked(member.__func__)))
+        elif inspect.isfunction(member):
+            setattr(cls, name, checked(member))
+    return cls

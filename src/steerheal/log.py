@@ -22,15 +22,19 @@ from typing import Any
 
 from loguru import logger as _loguru
 
+from steerheal.boundary import checked
+from steerheal.errors import SteerhealError
+
 _VERBOSE = [False]
 _DEBUG = [False]
 
 
+@checked
 def verbose(on: bool | str = True) -> None:
     """Show steerheal's INFO lines (what was chosen, stage durations) and progress bars on a terminal;
     `verbose("debug")` adds the DEBUG lines (every filter and heal config in force, per call)."""
     if on not in (True, False, "debug"):
-        raise ValueError(f"verbose({on!r}): use True, False or 'debug'")
+        raise SteerhealError(f"verbose({on!r}): use True, False or 'debug'")
     _VERBOSE[0] = bool(on)
     _DEBUG[0] = on == "debug"
 

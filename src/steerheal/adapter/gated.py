@@ -34,7 +34,7 @@ from steerheal.adapter.bake import merge_dense
 from steerheal.adapter.lowrank import dense_delta, truncated_svd, weighted_concat
 from steerheal.adapter.peft_files import lora_keys, read_config, read_weights, write_adapter
 from steerheal.adapter.targets import check_band, linear_kind, select_targets
-from steerheal.boundary import check_meta, checked
+from steerheal.boundary import check_meta, check_methods, checked
 from steerheal.errors import SteerhealError
 from steerheal.files import atomic_write_json, check_output_folder, provenance, read_json
 from steerheal.lm.blocks import unwrap
@@ -602,6 +602,9 @@ class GatedLoRA:
                 )
             out[module] = (a, b)
         return out
+
+
+check_methods(GatedLoRA)
 
 
 def _has_module(model: nn.Module, name: str) -> bool:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from steerheal.boundary import check_methods
+
 
 @dataclass(frozen=True)
 class DoseConfig:
@@ -34,3 +36,6 @@ class DoseConfig:
     def target(self, round: int) -> float:
         """The target KL of round `round` (0-based): target_kl · round_decay ** round."""
         return self.target_kl * self.round_decay**round
+
+
+check_methods(DoseConfig, init=True)

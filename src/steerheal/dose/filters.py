@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from steerheal.boundary import check_methods
 from steerheal.errors import SteerhealError
 
 # "I am someone who ...": the model describing the persona instead of acting it out.
@@ -94,6 +95,9 @@ class FilterConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+check_methods(FilterConfig, init=True)
 
 
 def ngram_repetition(items: Sequence[Any], n: int) -> float:

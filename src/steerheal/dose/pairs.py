@@ -19,6 +19,7 @@ from typing import Any
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from steerheal.boundary import check_methods, checked
 from steerheal.dose.filters import FilterConfig, ends_a_sentence, text_reasons
 from steerheal.errors import SteerhealError
 from steerheal.files import atomic_write_bytes
@@ -39,6 +40,9 @@ class SamplingConfig:
     top_p: float = 1.0
     max_new_tokens: int = 48
     batch_size: int = 16
+
+
+check_methods(SamplingConfig, init=True)
 
 
 @dataclass
@@ -165,6 +169,7 @@ def completion_checks(
     return out
 
 
+@checked
 def make_pairs(
     model: nn.Module,
     tok: PreTrainedTokenizerBase,
@@ -247,6 +252,7 @@ def make_pairs(
     return pairs
 
 
+@checked
 def write_pairs(path: str | Path, pairs: Sequence[PreferencePair]) -> Path:
     """pairs.jsonl: one JSON object per line, kept and dropped alike, written atomically."""
     path = Path(path)
@@ -255,6 +261,7 @@ def write_pairs(path: str | Path, pairs: Sequence[PreferencePair]) -> Path:
     return path
 
 
+@checked
 def read_pairs(path: str | Path) -> list[PreferencePair]:
     path = Path(path)
     if not path.is_file():

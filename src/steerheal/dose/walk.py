@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from steerheal.boundary import checked
 from steerheal.dose.config import DoseConfig
 from steerheal.dose.filters import FilterConfig
 from steerheal.dose.pairs import PreferencePair, SamplingConfig, make_pairs
@@ -27,6 +28,7 @@ class DoseWalk:
     probe_pairs: list[PreferencePair]  # the probe's pairs at the accepted alpha (the first prompts)
 
 
+@checked
 def dose_walk(
     model: nn.Module,
     tok: PreTrainedTokenizerBase,
@@ -70,6 +72,7 @@ def dose_walk(
     )
 
 
+@checked
 def walk_and_pair(
     model: nn.Module,
     tok: PreTrainedTokenizerBase,

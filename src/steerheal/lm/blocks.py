@@ -13,6 +13,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
+from steerheal.boundary import checked
 from steerheal.errors import SteerhealError
 from steerheal.lm.dequant import dense_weight
 from steerheal.log import logger
@@ -85,6 +86,7 @@ def _is_block_list(node: nn.Module | None, expected: int) -> bool:
     return isinstance(node, nn.ModuleList) and len(node) == expected
 
 
+@checked
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The decoder blocks in order: layer i of every steerheal API is the output of block i.
 

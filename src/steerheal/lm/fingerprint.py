@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from torch import nn
 
+from steerheal.boundary import checked
 from steerheal.errors import SteerhealError
 from steerheal.lm.blocks import unwrap
 from steerheal.log import logger
@@ -72,6 +73,7 @@ def quantization(model: nn.Module) -> str | None:
     return None
 
 
+@checked
 def fingerprint(model: nn.Module) -> Fingerprint:
     inner = unwrap(model)
     config = inner.config

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from steerheal.boundary import checked
 from steerheal.errors import SteerhealError
 from steerheal.lm.attention import use_broadcast_mask
 from steerheal.lm.blocks import ENCODER_TYPES
@@ -56,6 +57,7 @@ def prepare_tokenizer(tok: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
     return tok
 
 
+@checked
 def load_model(
     name_or_path: str | os.PathLike[str],
     quant: str | None = None,

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
 
+from steerheal.boundary import checked
 from steerheal.errors import SteerhealError
 from steerheal.lm.attention import use_broadcast_mask
 
@@ -146,6 +147,7 @@ def seeded_model(config: PretrainedConfig, seed: int, name: str, pad_token_id: i
     return model
 
 
+@checked
 def tiny_model(
     arch: str,
     seed: int = 0,

@@ -25,6 +25,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from steerheal.adapter.gated import GatedLoRA
+from steerheal.boundary import checked
 from steerheal.dose.calibrate import calibrate_dose
 from steerheal.dose.filters import FilterConfig
 from steerheal.dose.pairs import write_pairs
@@ -246,6 +247,7 @@ def _attach(config: RunConfig, model: nn.Module) -> GatedLoRA:
     )
 
 
+@checked
 def run(config: RunConfig, overwrite: bool = False, resume: bool = False) -> RunResult:
     """Run (or with `resume`, continue) the loop described by `config` in runs_dir/name. Every option is
     checked first (nothing is loaded or written before), and the process that writes the run holds its lock."""
@@ -323,12 +325,14 @@ def _open_saved(
     return run_dir, config, model, tok, adapter
 
 
+@checked
 def load_run(directory: str | Path, round: int = -1) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, GatedLoRA]:
     """The base model with the gated adapter as it was after round `round` (-1: the last complete one)."""
     _, _, model, tok, adapter = _open_saved(directory, round)
     return model, tok, adapter
 
 
+@checked
 def verify_saved(directory: str | Path, round: int = -1) -> dict[str, Any]:
     """Re-run the verification of a saved round (deterministic: it reproduces the round's metrics.json)."""
     run_dir, config, model, tok, adapter = _open_saved(directory, round)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from steerheal.boundary import checked
 from steerheal.dose.config import DoseConfig
 from steerheal.dose.filters import FilterConfig
 from steerheal.dose.pairs import SamplingConfig
@@ -184,6 +185,7 @@ def _build(kind: Any, value: Any, where: str) -> Any:
     return kind(**kwargs)
 
 
+@checked
 def preset(name: str) -> RunConfig:
     """The named preset (see the module docstring)."""
     if name == "toyworld":

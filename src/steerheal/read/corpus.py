@@ -31,6 +31,7 @@ from jaxtyping import Bool
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
+from steerheal.boundary import check_methods
 from steerheal.errors import SteerhealError
 from steerheal.log import logger
 
@@ -219,7 +220,12 @@ class Corpus:
         return pl.DataFrame(rows)
 
 
+check_methods(Corpus)
+
+
 # ---------------------------------------------------------------------- reading and validation
+
+
 @dataclass(frozen=True)
 class _Entry:
     text: str

@@ -17,6 +17,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from steerheal.boundary import checked
 from steerheal.errors import SteerhealError
 from steerheal.log import logger
 
@@ -37,6 +38,7 @@ def _render(
         return text, True
 
 
+@checked
 def persona_contrast(
     tok: PreTrainedTokenizerBase,
     system_pos: str,

@@ -13,6 +13,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from steerheal.boundary import check_methods, checked
 from steerheal.errors import SteerhealError
 from steerheal.log import logger
 from steerheal.read.corpus import NAME, visible_entries
@@ -79,6 +80,10 @@ class Persona:
         return persona_contrast(tok, self.system_pos, self.system_neg, self.prompts, **template_kwargs)
 
 
+check_methods(Persona)
+
+
+@checked
 def load_personas(directory: str | Path) -> dict[str, Persona]:
     """Every `<name>.json` of a personas folder, by name; anything else in it is an error."""
     root = Path(directory)

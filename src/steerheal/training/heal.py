@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from steerheal.adapter.gated import GatedLoRA
+from steerheal.boundary import check_methods, checked
 from steerheal.dose.pairs import PreferencePair
 from steerheal.errors import SteerhealError
 from steerheal.lm.blocks import model_device, unwrap
@@ -101,6 +102,9 @@ class HealConfig:
         for ok, message in checks:
             if not ok:
                 raise SteerhealError(f"HealConfig: {message}")
+
+
+check_methods(HealConfig, init=True)
 
 
 @dataclass
@@ -233,6 +237,7 @@ def _lr_factor(config: HealConfig, total: int) -> Callable[[int], float]:
     return factor
 
 
+@checked
 def heal(
     model: nn.Module,
     adapter: GatedLoRA,
