@@ -297,4 +297,19 @@ def test_frontier_on_a_tiny_model_recomputes_from_the_same_seeds():
     with pytest.raises(SteerhealError, match="judge named 'vader'"):
         frontier(model, tok, adapter, teacher, prompts, 3, FrontierConfig(), {"letters": LetterJudge()})
     with pytest.raises(SteerhealError, match="alphas"):
-        FrontierConfig(alphas=(0.0, 1.0))
+        FrontierConfig(alphas=(-1.0, 1.0))
+
+    # a plain dial sweep (`steerheal dial`): no steering curve, so no comparison is declared
+    sweep_config = FrontierConfig(
+        alphas=(),
+        dials=(0.0, 1.0),
+        max_new_tokens=4,
+        kl_tokens=4,
+        trait="letters.e_rate",
+        coherence=None,
+        relevance=None,
+    )
+    sweep = frontier(model, tok, adapter, teacher, prompts[:1], 3, sweep_config, {"letters": LetterJudge()})
+    assert [r["variant"] for r in sweep["variants"]] == ["base", "student@0", "student@1"]
+    assert sweep["variants"][1]["kl_greedy"]["p95"] == 0.0 and sweep["variants"][1]["trait_shift"] == 0.0
+    assert sweep["comparisons"]["kl_own"]["verdict"] == "no_overlap" and "retain_at_c_star" not in sweep["summary"]

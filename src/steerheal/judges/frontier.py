@@ -46,7 +46,9 @@ KIND = "steerheal.frontier"
 class FrontierConfig:
     """What the frontier sweeps and how it samples; every variant uses the same settings.
 
-    - `alphas`: steering doses as multiples of the teacher's calibrated c*; `dials`: student dials g.
+    - `alphas`: steering doses as multiples of the teacher's calibrated c*; `dials`: student dials g. Either
+      may be empty (`alphas=()` is a plain dial sweep, `steerheal dial`); a value 0 is the base again, at KL 0,
+      which a log-KL comparison leaves out.
     - `max_new_tokens`, `temperature`, `top_p`: sampling of every variant (same seed per prompt), so VADER's
       length effects are equal across variants.
     - `kl_tokens`: length of the base's greedy continuations (the second KL view); `kl_stat`: the per-token
@@ -81,10 +83,8 @@ class FrontierConfig:
     def __post_init__(self) -> None:
         for name in ("alphas", "dials"):
             values = getattr(self, name)
-            if not values or any(not math.isfinite(v) or v <= 0 for v in values):
-                raise SteerhealError(
-                    f"FrontierConfig.{name}={values!r}: give positive finite values (1 = c* / trained)"
-                )
+            if any(not math.isfinite(v) or v < 0 for v in values):
+                raise SteerhealError(f"FrontierConfig.{name}={values!r}: give finite values >= 0 (1 = c* / trained)")
         if self.kl_stat not in STATS:
             raise SteerhealError(f"FrontierConfig.kl_stat={self.kl_stat!r}: use one of {list(STATS)}")
         if self.trait_sign not in (1.0, -1.0):
