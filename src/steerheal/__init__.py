@@ -4,7 +4,7 @@ Read concept directions from a causal LM, dose them by iso-KL, distil and heal t
 rounds, bake them, and verify that they survived. See README.md and spec.md.
 
 The package is laid out by stage: `lm/` (the model and its text), `read/`, `adapter/`, `dose/`, `training/`,
-`toyworld/`, `loop/`, then `cli.py`; each imports only from the stages before it (docs/architecture.md,
+`toyworld/`, `judges/`, `loop/`, then `cli.py`; each imports only from the stages before it (docs/architecture.md,
 tests/test_layers.py).
 
 With BEARTYPE=1 in the environment every steerheal module is imported under jaxtyping's import hook, so
@@ -41,6 +41,9 @@ with _shape_checked():
     from steerheal.dose.walk import dose_walk
     from steerheal.errors import SteerhealError
     from steerheal.files import steerheal_version
+    from steerheal.judges import dominance as _dominance  # noqa: F401 (imported to be shape-checked)
+    from steerheal.judges import frontier as _frontier  # noqa: F401 (imported to be shape-checked)
+    from steerheal.judges import survival as _survival  # noqa: F401 (imported to be shape-checked)
     from steerheal.lm.blocks import decoder_layers
     from steerheal.lm.fingerprint import Fingerprint, fingerprint
     from steerheal.lm.generate import sample

@@ -273,6 +273,37 @@ class GatedLoRA:
                 rnd.gate = saved.get(rnd.name, rnd.gate)
             self._apply_gates()
 
+    def dial(self, g: float) -> Dial:
+        """Scale every round's trained gate by `g`: 0 = the base bit for bit, 1 = the student as trained,
+        2 = twice its delta. Both a setter and a context manager:
+
+            adapter.dial(0.5)            # stays until changed
+            with adapter.dial(0.5): ...  # the gates before the call come back on exit, also on an exception
+
+        The dial scales the *undialled* gates, not the dialled ones: `dial(a)` then `dial(b)` is `dial(b)`
+        (never a·b), so `dial(0)` is undone by `dial(1)`, which restores the trained gates exactly
+        (x · 1.0 == x). Nested contexts likewise: the inner one's g applies, and each exit restores the
+        gates its own call found. The undialled gates are the ones in force at the first `dial` call;
+        changing gates otherwise (`set_gates`, `fold`) makes the gates then in force the new undialled ones.
+        LoRA adds g · gate · alpha/r · B A x per round, so each module's added output is g times the
+        student's (up to float32 rounding of the product).
+        """
+        return Dial(self, check_gate(g, "dial"))
+
+    @property
+    def dial_value(self) -> float:
+        """The dial in force (1.0 when none is, or when gates were changed otherwise since)."""
+        state: _DialState | None = getattr(self, "_dial_state", None)
+        return state.g if state is not None and state.dialled == self._gate_map() else 1.0
+
+    def _gate_map(self) -> dict[str, float]:
+        return {r.name: r.gate for r in self.rounds}
+
+    def _set_gate_map(self, gates: dict[str, float]) -> None:
+        for rnd in self.rounds:
+            rnd.gate = gates.get(rnd.name, rnd.gate)
+        self._apply_gates()
+
     @contextmanager
     def reference(self, which: str) -> Iterator[GatedLoRA]:
         """`"base"`: every gate 0, the base model bit for bit. `"prev"`: the history at its gates and the
@@ -605,6 +636,37 @@ class GatedLoRA:
 
 
 check_methods(GatedLoRA)
+
+
+@dataclass(frozen=True)
+class _DialState:
+    g: float
+    undialled: dict[str, float]  # round name -> gate before any dial
+    dialled: dict[str, float]  # round name -> gate the dial set (to tell whether someone changed them since)
+
+
+class Dial:
+    """`GatedLoRA.dial(g)`: applied when made; as a context manager, undone on exit."""
+
+    def __init__(self, adapter: GatedLoRA, g: float) -> None:
+        self.adapter, self.g = adapter, g
+        self._before = adapter._gate_map()
+        self._state_before: _DialState | None = getattr(adapter, "_dial_state", None)
+        state = self._state_before
+        undialled = state.undialled if state is not None and state.dialled == self._before else self._before
+        dialled = {name: gate * g for name, gate in undialled.items()}
+        adapter._set_gate_map(dialled)
+        adapter._dial_state = _DialState(g, dict(undialled), dialled)  # type: ignore[attr-defined]
+
+    def __repr__(self) -> str:
+        return f"Dial(g={self.g:g})"
+
+    def __enter__(self) -> GatedLoRA:
+        return self.adapter
+
+    def __exit__(self, *exc: object) -> None:
+        self.adapter._set_gate_map(self._before)
+        self.adapter._dial_state = self._state_before  # type: ignore[attr-defined]
 
 
 def _has_module(model: nn.Module, name: str) -> bool:
