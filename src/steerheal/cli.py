@@ -228,7 +228,7 @@ def command_report(args: list[str]) -> None:
 
 
 def command_export(args: list[str]) -> None:
-    from steerheal.adapter.gated import EXPORT_META_FILE
+    from steerheal.adapter.export import EXPORT_META_FILE
     from steerheal.loop.rounds import load_run
 
     parsed = tyro.cli(ExportArgs, args=args, prog="steerheal export")

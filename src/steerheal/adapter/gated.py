@@ -12,9 +12,10 @@ activation the history is frozen again and `trainable_parameters()` hands the op
 round's factors and nothing else. Adapter weights are float32 whatever the base's precision (a bf16 or
 4-bit base included), as QLoRA needs.
 
-Rounds leave the model three ways: `save` (each round in peft's own format plus `gated.json`),
-`export_peft` (one standard peft adapter: the rounds' factors concatenated, gates folded into B), and
-`bake` (a dense merged model; 4-bit weights de-quantised and merged in float32, `bake.py`).
+Rounds leave the model three ways: `save` (each round in peft's own format plus `gated.json`,
+`save_and_load.py`), `export_peft` (one standard peft adapter: the rounds' factors concatenated, gates folded
+into B) and `bake` (a dense merged model; 4-bit weights de-quantised and merged in float32), both in
+`export.py`. `dial(g)` scales every trained gate (`dial.py`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,91 +30,19 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from steerheal.adapter.bake import merge_dense
+from steerheal.adapter import export, save_and_load
+from steerheal.adapter.dial import Dial, _DialState
 from steerheal.adapter.lowrank import dense_delta, truncated_svd, weighted_concat
-from steerheal.adapter.peft_files import lora_keys, read_config, read_weights, write_adapter
-from steerheal.adapter.targets import check_band, linear_kind, select_targets
-from steerheal.boundary import check_meta, check_methods, checked
+from steerheal.adapter.round import Round, check_gate, check_rank, round_name
+from steerheal.adapter.targets import check_band, check_unadapted, select_targets
+from steerheal.boundary import check_methods, checked
 from steerheal.errors import SteerhealError
-from steerheal.files import atomic_write_json, check_output_folder, provenance, read_json
 from steerheal.lm.blocks import unwrap
-from steerheal.lm.fingerprint import Fingerprint, fingerprint, quantization
+from steerheal.lm.fingerprint import Fingerprint, fingerprint
 from steerheal.log import logger, quiet_bitsandbytes
 
-FORMAT_VERSION = 1
-META_FILE = "gated.json"
-EXPORT_META_FILE = "steerheal_export.json"
-SCHEMA = {  # gated.json: keys whose annotation admits None may be absent
-    **{"r": int, "alpha": float, "target_modules": list[str] | None, "target_names": list[str], "seed": int},
-    **{"depth_band": list[float], "fan_in_fan_out": bool, "history": list[dict[str, Any]] | None},
-    **{"current": dict[str, Any] | None, "fingerprint": dict[str, Any] | None},
-}
-KIND = "steerheal.gated_lora"
 REFERENCES: tuple[str, ...] = ("base", "prev")
 COLLAPSE_METHODS: tuple[str, ...] = ("cat", "svd")
-
-
-@dataclass
-class Round:
-    """One peft adapter of the stack: its rank, alpha and gate, and which trained rounds it holds
-    (`first == last` for a round as trained; a collapsed history holds several)."""
-
-    name: str
-    rank: int
-    alpha: float
-    gate: float
-    first: int
-    last: int
-
-    @property
-    def scale(self) -> float:
-        """peft's scaling at gate 1."""
-        return self.alpha / self.rank
-
-    @classmethod
-    def from_dict(cls, data: Any, what: str) -> Round:
-        fields = ("name", "rank", "alpha", "gate", "first", "last")
-        if not isinstance(data, dict) or set(data) != set(fields):
-            raise SteerhealError(f"{what}: a round entry must have exactly {list(fields)}, got {data!r}")
-        return cls(
-            str(data["name"]),
-            int(data["rank"]),
-            float(data["alpha"]),
-            float(data["gate"]),
-            int(data["first"]),
-            int(data["last"]),
-        )
-
-
-def _round_name(first: int, last: int) -> str:
-    return f"round_{first}" if first == last else f"round_{first}_to_{last}"
-
-
-def check_gate(value: float, what: str) -> float:
-    """A gate is a finite real number (0 = the round is off, 1 = as trained)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise SteerhealError(f"{what}={value!r} is not a number; a gate is a finite float (0 = off, 1 = as trained)")
-    if not math.isfinite(value):
-        raise SteerhealError(f"{what}={value} is not finite; a gate is a finite float (0 = off, 1 = as trained)")
-    return float(value)
-
-
-def _check_rank(rank: int, what: str) -> int:
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
-        raise SteerhealError(f"{what}={rank!r}: a LoRA rank is a positive integer (8 to 64 are usual)")
-    return rank
-
-
-def _check_unadapted(model: nn.Module) -> None:
-    with quiet_bitsandbytes():  # peft imports bitsandbytes
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-    inner = unwrap(model)
-    if hasattr(inner, "peft_config") or any(isinstance(m, BaseTunerLayer) for m in inner.modules()):
-        raise SteerhealError(
-            f"this {type(inner).__name__} already carries peft adapters; attach or load a GatedLoRA onto a model "
-            "without any (reload the base, or keep using the GatedLoRA that is already attached)"
-        )
 
 
 class GatedLoRA:
@@ -165,11 +93,11 @@ class GatedLoRA:
         blocks whose centre lies in `depth_band` (block i of n iff band[0] <= (i + 0.5)/n < band[1]).
         `seed` makes each round's random A factor reproducible without touching the global RNG.
         """
-        _check_rank(r, "r")
+        check_rank(r, "r")
         if not math.isfinite(alpha) or alpha <= 0:
             raise SteerhealError(f"alpha={alpha!r}: LoRA alpha is a positive number (peft scales by alpha / r)")
         band = check_band(depth_band)
-        _check_unadapted(model)
+        check_unadapted(model)
         names, fan_in_fan_out = select_targets(model, target_modules, band)
         patterns = [target_modules] if isinstance(target_modules, str) else target_modules
         handle = cls(model, r, alpha, None if patterns is None else list(patterns), band, names, fan_in_fan_out, seed)
@@ -324,7 +252,7 @@ class GatedLoRA:
             logger.warning(f"folding {self.current.name}, whose B factors are all zero: it adds nothing to the model")
         self.history.append(self.current)
         index = self.current.last + 1
-        self.current = Round(_round_name(index, index), self.r, self.alpha, 1.0, index, index)
+        self.current = Round(round_name(index, index), self.r, self.alpha, 1.0, index, index)
         self._add_adapter(self.current)
         logger.info(f"folded {self.history[-1].name} into the history; {self.current.name} trains now")
         return self.current
@@ -345,7 +273,7 @@ class GatedLoRA:
         if method == "cat" and rank is not None:
             raise SteerhealError("collapse_history('cat') keeps every factor, so its rank is fixed; rank= is for 'svd'")
         if method == "svd":
-            rank = _check_rank(self.r if rank is None else rank, "rank")
+            rank = check_rank(self.r if rank is None else rank, "rank")
         if not self.history:
             raise SteerhealError("collapse_history: there is no history to collapse; fold() a trained round first")
         old = self.history
@@ -363,7 +291,7 @@ class GatedLoRA:
             new[module] = (a, b)
         new_rank = int(next(iter(new.values()))[0].shape[0])
         collapsed = Round(
-            _round_name(old[0].first, old[-1].last), new_rank, float(new_rank), 1.0, old[0].first, old[-1].last
+            round_name(old[0].first, old[-1].last), new_rank, float(new_rank), 1.0, old[0].first, old[-1].last
         )
         self.history = []
         self._activate()  # only the current round active, so deleting the old ones changes nothing else
@@ -407,48 +335,7 @@ class GatedLoRA:
         """One standard peft LoRA adapter (`PeftModel.from_pretrained(base, directory)`) equal to the student at
         these gates: every round's factors concatenated, each B scaled by gate · alpha / r, lora_alpha = r.
         A non-empty `directory` that is not a previous export is refused unless `overwrite`."""
-        with quiet_bitsandbytes():  # peft imports bitsandbytes
-            from peft import LoraConfig
-
-        check_output_folder(Path(directory), "export_peft", EXPORT_META_FILE, overwrite)
-
-        parts = self._contributing(history, current, "export_peft")
-        if not parts:
-            current_name = self.current.name if self.current else "none"
-            raise SteerhealError(
-                f"export_peft: no rounds to export: the history holds {len(self.history)} rounds (at the given gates "
-                f"none is on) and the current round {current_name} is untrained or gated to 0. Train a round first."
-            )
-        tensors: dict[str, Tensor] = {}
-        for module in self.target_names:
-            a, b = weighted_concat([self._factors(r.name, module) for r, _ in parts], [g * r.scale for r, g in parts])
-            key_a, key_b = lora_keys(module)
-            tensors[key_a], tensors[key_b] = a, b
-        rank = sum(r.rank for r, _ in parts)
-        config = LoraConfig(
-            r=rank,
-            lora_alpha=rank,
-            target_modules=list(self.target_names),
-            lora_dropout=0.0,
-            bias="none",
-            task_type="CAUSAL_LM",
-            fan_in_fan_out=self.fan_in_fan_out,
-            base_model_name_or_path=self.fingerprint.name_or_path or None,
-        )
-        directory = Path(directory)
-        write_adapter(directory, config, tensors)
-        atomic_write_json(
-            directory / EXPORT_META_FILE,
-            {
-                "kind": "steerheal.peft_export",
-                "format_version": FORMAT_VERSION,
-                "rounds": [{"name": r.name, "gate": g, "rank": r.rank} for r, g in parts],
-                "fingerprint": self.fingerprint.to_dict(),
-                **provenance(),
-            },
-        )
-        logger.info(f"exported {[r.name for r, _ in parts]} as one peft adapter of rank {rank} to {directory}")
-        return directory
+        return export.export_peft(self, directory, history, current, overwrite)
 
     def deltas(self, history: float | Sequence[float] = 1.0, current: float = 1.0) -> dict[str, Tensor]:
         """Σ gate · alpha/r · B A per targeted module in float32, in the layout of the module's weight
@@ -475,75 +362,13 @@ class GatedLoRA:
         sum at the end, and the rounding it made (relative to the adapters' own deltas) is logged and kept
         in `last_bake_report`. The base and its adapters are left as they were.
         """
-        if quantization(self.model) == "8bit":
-            raise SteerhealError(
-                "bake: the base is 8-bit; steerheal de-quantises only 4-bit bases. Load the base unquantised (or in "
-                "4-bit), GatedLoRA.load the saved rounds onto it, and bake that."
-            )
-        parts = self._contributing(history, current, "bake")
-        deltas = self._deltas(parts)
-        if not deltas:
-            logger.warning("bake: no round contributes at these gates; the baked model is the base, densified")
-        dense, report = merge_dense(self.model, deltas, dtype, device)
-        report["rounds"] = [{"name": r.name, "gate": g} for r, g in parts]
-        self.last_bake_report = report
-        if dtype != torch.float32:
-            logger.warning(
-                f"bake to {report['dtype']}: rounding moved the merged weights by "
-                f"{report['relative_error_of_delta']:.3g} "
-                f"of the adapters' own delta (Frobenius; worst {report['worst_module']}: "
-                f"{report['worst_relative_error']:.3g}). Bake in float32 to keep the deltas exactly."
-            )
-        else:
-            logger.info(f"baked {len(deltas)} modules into a dense float32 {type(dense).__name__}")
-        return dense
+        return export.bake(self, dtype, history, current, device)
 
     # ------------------------------------------------------------------ files
     def save(self, directory: str | Path) -> Path:
         """Each round in peft's format (`<dir>/<round>/`), then `gated.json` last: a save is complete only
         when `gated.json` exists. Round folders of an earlier save that are no longer rounds are removed."""
-        with quiet_bitsandbytes():  # peft imports bitsandbytes
-            from peft.utils import get_peft_model_state_dict
-
-        directory = Path(directory)
-        meta_path = directory / META_FILE
-        stale: set[str] = set()
-        if meta_path.is_file():
-            old = read_json(meta_path, f"earlier GatedLoRA save at {directory}")
-            stale = {r.get("name") for r in [*old.get("history", []), old.get("current") or {}] if isinstance(r, dict)}
-            meta_path.unlink()
-        for rnd in self.rounds:
-            # save_embedding_layers=False: no embedding is ever targeted, and "auto" asks the hub (with retries)
-            state = get_peft_model_state_dict(self.peft_model, adapter_name=rnd.name, save_embedding_layers=False)
-            expected = {key for module in self.target_names for key in lora_keys(module)}
-            if set(state) != expected:  # load reads these keys back: refuse to write what it could not read
-                raise SteerhealError(
-                    f"save: peft named {rnd.name}'s tensors {sorted(set(state) ^ expected)[:4]} unlike the "
-                    "'base_model.model.<module>.lora_A.weight' layout steerheal reads; this peft version is unsupported"
-                )
-            write_adapter(directory / rnd.name, self.peft_model.peft_config[rnd.name], state)
-        for name in sorted(stale - {r.name for r in self.rounds} - {None}):
-            for file in ("adapter_config.json", "adapter_model.safetensors"):
-                (directory / name / file).unlink(missing_ok=True)
-            if (directory / name).is_dir() and not any((directory / name).iterdir()):
-                (directory / name).rmdir()
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "kind": KIND,
-            "r": self.r,
-            "alpha": self.alpha,
-            "target_modules": self.target_modules,
-            "target_names": self.target_names,
-            "depth_band": list(self.depth_band),
-            "fan_in_fan_out": self.fan_in_fan_out,
-            "seed": self.seed,
-            "history": [asdict(r) for r in self.history],
-            "current": asdict(self.current) if self.current else None,
-            "fingerprint": self.fingerprint.to_dict(),
-            **provenance(),
-        }
-        atomic_write_json(meta_path, meta)
-        return directory
+        return save_and_load.save_rounds(self, directory)
 
     @classmethod
     @checked
@@ -553,132 +378,7 @@ class GatedLoRA:
         The base must be the model they were trained on: an identity difference (name, architecture,
         sizes) is an error; a precision difference (a 4-bit base against a bf16 one) is a logged warning.
         """
-        directory = Path(directory)
-        what = f"GatedLoRA at {directory}"
-        meta = read_json(directory / META_FILE, what)
-        if meta.get("format_version") != FORMAT_VERSION or meta.get("kind") != KIND:
-            raise SteerhealError(
-                f"{what}: kind {meta.get('kind')!r} version {meta.get('format_version')!r} is not a GatedLoRA save "
-                f"this steerheal reads ({KIND} version {FORMAT_VERSION})"
-            )
-        check_meta(meta, SCHEMA, directory / META_FILE, what, "GatedLoRA.save")
-        saved_fp = Fingerprint.from_dict(meta.get("fingerprint") or {}, what)
-        mine = fingerprint(model)
-        identity = saved_fp.differences(mine, "identity")
-        if identity:
-            raise SteerhealError(
-                f"{what} was trained on another model than this one ({'; '.join(identity)}); load it onto its own "
-                "base model"
-            )
-        precision = saved_fp.differences(mine, "precision")
-        if precision:
-            logger.warning(f"{what} was trained on the same model in another precision: {'; '.join(precision)}")
-        _check_unadapted(model)
-        inner = unwrap(model)
-        names = [str(n) for n in meta.get("target_names") or []]
-        kinds = {linear_kind(inner.get_submodule(n)) if _has_module(inner, n) else None for n in names}
-        if not names or None in kinds:
-            raise SteerhealError(f"{what}: its target modules are not linear layers of this model; the file is damaged")
-        history = [Round.from_dict(r, what) for r in meta.get("history") or []]
-        current = Round.from_dict(meta.get("current"), what)
-        r = _check_rank(int(meta["r"]), f"{what}: r")
-        handle = cls(
-            model,
-            r,
-            float(meta["alpha"]),
-            meta.get("target_modules"),
-            check_band(meta["depth_band"]),
-            names,
-            bool(meta["fan_in_fan_out"]),
-            int(meta["seed"]),
-        )
-        rounds = [*history, current]
-        weights = [handle._read_round(directory / rnd.name, rnd, f"{what}, round {rnd.name}") for rnd in rounds]
-        for rnd, factors in zip(rounds, weights, strict=True):  # every file read and checked before model work
-            if rnd is current:
-                handle.current = rnd
-            else:
-                handle.history.append(rnd)
-            handle._add_adapter(rnd, factors)
-        logger.info(f"loaded {handle!r} from {directory}")
-        return handle
-
-    def _read_round(self, folder: Path, rnd: Round, what: str) -> dict[str, tuple[Tensor, Tensor]]:
-        config = read_config(folder, what)
-        if config.get("r") != rnd.rank or float(config.get("lora_alpha", "nan")) != rnd.alpha:
-            raise SteerhealError(
-                f"{what}: adapter_config.json says r={config.get('r')}, alpha={config.get('lora_alpha')} "
-                f"but gated.json says r={rnd.rank}, alpha={rnd.alpha}; the files do not belong together"
-            )
-        tensors = read_weights(folder, what)
-        foreign = sorted(set(tensors) - {key for module in self.target_names for key in lora_keys(module)})
-        if foreign:
-            raise SteerhealError(f"{what}: unexpected tensors {foreign[:4]}; the adapter file is damaged or foreign")
-        out = {}
-        for module in self.target_names:
-            key_a, key_b = lora_keys(module)
-            if key_a not in tensors or key_b not in tensors:
-                raise SteerhealError(f"{what}: no factors for {module}; the adapter file is damaged or foreign")
-            a, b = tensors[key_a], tensors[key_b]
-            layer = self.model.get_submodule(module)
-            in_f, out_f = _in_out(layer)
-            if (
-                a.shape != (rnd.rank, in_f)
-                or b.shape != (out_f, rnd.rank)
-                or not (a.isfinite().all() and b.isfinite().all())
-            ):
-                raise SteerhealError(
-                    f"{what}: factors of {module} have shapes {tuple(a.shape)}, {tuple(b.shape)} (expected "
-                    f"{(rnd.rank, in_f)}, {(out_f, rnd.rank)}) or are not finite; the file is damaged"
-                )
-            out[module] = (a, b)
-        return out
+        return save_and_load.load_rounds(cls, model, directory)
 
 
 check_methods(GatedLoRA)
-
-
-@dataclass(frozen=True)
-class _DialState:
-    g: float
-    undialled: dict[str, float]  # round name -> gate before any dial
-    dialled: dict[str, float]  # round name -> gate the dial set (to tell whether someone changed them since)
-
-
-class Dial:
-    """`GatedLoRA.dial(g)`: applied when made; as a context manager, undone on exit."""
-
-    def __init__(self, adapter: GatedLoRA, g: float) -> None:
-        self.adapter, self.g = adapter, g
-        self._before = adapter._gate_map()
-        self._state_before: _DialState | None = getattr(adapter, "_dial_state", None)
-        state = self._state_before
-        undialled = state.undialled if state is not None and state.dialled == self._before else self._before
-        dialled = {name: gate * g for name, gate in undialled.items()}
-        adapter._set_gate_map(dialled)
-        adapter._dial_state = _DialState(g, dict(undialled), dialled)  # type: ignore[attr-defined]
-
-    def __repr__(self) -> str:
-        return f"Dial(g={self.g:g})"
-
-    def __enter__(self) -> GatedLoRA:
-        return self.adapter
-
-    def __exit__(self, *exc: object) -> None:
-        self.adapter._set_gate_map(self._before)
-        self.adapter._dial_state = self._state_before  # type: ignore[attr-defined]
-
-
-def _has_module(model: nn.Module, name: str) -> bool:
-    try:
-        model.get_submodule(name)
-    except AttributeError:
-        return False
-    return True
-
-
-def _in_out(layer: nn.Module) -> tuple[int, int]:
-    """(in, out) features of a Linear or a transposed Conv1D (whose weight is [in, out])."""
-    if linear_kind(layer) == "conv1d":
-        return int(layer.weight.shape[0]), int(layer.weight.shape[1])
-    return int(layer.in_features), int(layer.out_features)

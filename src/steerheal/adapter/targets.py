@@ -18,6 +18,7 @@ from torch import nn
 
 from steerheal.errors import SteerhealError
 from steerheal.lm.blocks import decoder_layers, unwrap
+from steerheal.log import quiet_bitsandbytes
 
 
 def check_band(depth_band: Sequence[float]) -> tuple[float, float]:
@@ -116,3 +117,15 @@ def select_targets(
             "narrow target_modules to one kind"
         )
     return names, kinds == {"conv1d"}
+
+
+def check_unadapted(model: nn.Module) -> None:
+    with quiet_bitsandbytes():  # peft imports bitsandbytes
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+    inner = unwrap(model)
+    if hasattr(inner, "peft_config") or any(isinstance(m, BaseTunerLayer) for m in inner.modules()):
+        raise SteerhealError(
+            f"this {type(inner).__name__} already carries peft adapters; attach or load a GatedLoRA onto a model "
+            "without any (reload the base, or keep using the GatedLoRA that is already attached)"
+        )
