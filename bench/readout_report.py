@@ -23,8 +23,9 @@ import torch
 
 import steerheal as sh
 from steerheal.loop.report import markdown
+from steerheal.read.corpus_activations import CorpusActivations, read_corpus
 from steerheal.read.quality import heldout_scores, quality
-from steerheal.read.readout import READOUT_METHODS, CorpusActivations, read_corpus
+from steerheal.read.readout_files import READOUT_METHODS
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = READOUT_METHODS  # mean_diff, pca, logistic, logistic_l1, subspace

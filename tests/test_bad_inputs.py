@@ -18,7 +18,7 @@ import steerheal as sh
 from conftest import tiny
 from steerheal.adapter.gated import GatedLoRA
 from steerheal.read.aggregate import NOISE_SEPARATION, direction, subspace
-from steerheal.read.readout import CorpusActivations
+from steerheal.read.corpus_activations import CorpusActivations
 from steerheal.toyworld import world
 
 SETTINGS = ["garden", "kitchen", "harbour", "office", "library", "station"]

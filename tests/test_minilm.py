@@ -12,7 +12,7 @@ import torch
 
 import steerheal as sh
 from steerheal.lm.texts import encode
-from steerheal.read.readout import CorpusActivations, read_corpus
+from steerheal.read.corpus_activations import CorpusActivations, read_corpus
 
 # sha256 of model.safetensors of sentence-transformers/all-MiniLM-L6-v2 (its hub LFS object id)
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"

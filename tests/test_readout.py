@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 import steerheal as sh
 from conftest import tiny
-from steerheal.read.readout import CorpusActivations, read_corpus
+from steerheal.read.corpus_activations import CorpusActivations, read_corpus
 from steerheal.toyworld import world
 from steerheal.toyworld.load import chat_prompts
 

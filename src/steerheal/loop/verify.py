@@ -41,8 +41,9 @@ from steerheal.lm.texts import encode_prompts
 from steerheal.loop.concepts import Concept, Contrast
 from steerheal.loop.runconfig import RunConfig
 from steerheal.read.capture import capture
+from steerheal.read.corpus_activations import read_corpus
 from steerheal.read.quality import heldout_scores
-from steerheal.read.readout import Readout, read_corpus
+from steerheal.read.readout import Readout
 from steerheal.read.steering import steering_active
 from steerheal.read.vector import Vector
 

@@ -43,7 +43,8 @@ from steerheal.errors import SteerhealError
 from steerheal.files import atomic_write_json, provenance
 from steerheal.lm.blocks import mlp_write_directions
 from steerheal.read.corpus import Corpus
-from steerheal.read.readout import CorpusActivations, Readout, read_corpus
+from steerheal.read.corpus_activations import CorpusActivations, read_corpus
+from steerheal.read.readout import Readout
 
 CLEAN_PC1 = 0.7
 FRAGMENTED_PC1 = 0.4

@@ -2,11 +2,11 @@
 format a serving-side readout loads.
 
 `Readout.train` forwards every unique text of the corpus once, at the readout's layers, and fits each
-concept's direction from those activations: positives are the concept's texts, negatives every other
-text (`corpus.py`). Methods are `Vector`'s (`mean_diff`, `pca`, `logistic`, `logistic_l1`) plus `subspace`
-(`aggregate.py`), which reads every token (`position="all"`) and keeps each concept's eigen-spectrum.
-`pca` reads pairs: on a corpus, pair k (for k < max(P, N)) is (positive k mod P, negative k mod N), so
-every positive and every negative is used.
+concept's direction from those activations: positives are the concept's texts, negatives every other text
+(`corpus.py`); the capture pass is `corpus_activations.py`. Methods are `Vector`'s (`mean_diff`, `pca`,
+`logistic`, `logistic_l1`) plus `subspace` (`aggregate.py`), which reads every token (`position="all"`) and
+keeps each concept's eigen-spectrum. `pca` reads pairs: on a corpus, pair k (for k < max(P, N)) is (positive k
+mod P, negative k mod N), so every positive and every negative is used.
 
 Files: `readout.safetensors` holds, per layer, `layer_<i>.vectors` `(n_concepts, hidden)` (unit rows in
 concept order) and `layer_<i>.norms` `(n_concepts,)` (the separation along each row), plus
@@ -41,14 +41,13 @@ from steerheal.read.aggregate import (
     check_separation,
     direction,
     subspace,
-    text_basis,
 )
-from steerheal.read.capture import capture, capture_each, check_fits, check_layers, check_position
+from steerheal.read.capture import capture, check_fits, check_layers
 from steerheal.read.corpus import NAME, Corpus
+from steerheal.read.corpus_activations import CorpusActivations, read_corpus, resolve_position, score_position
 from steerheal.read.readout_files import (
     FORMAT_VERSION,
     META_FILE,
-    READOUT_METHODS,
     STORED_DTYPES,
     TENSOR_FILE,
     check_saved,
@@ -58,73 +57,6 @@ from steerheal.read.vector import Vector, default_layers
 if TYPE_CHECKING:
     from steerheal.read.monitor import Trace
     from steerheal.read.quality import QualityReport
-
-
-def resolve_position(method: str, position: str | None) -> str:
-    """`subspace` reads every token (`all`); the other methods read one pooled vector per text."""
-    if method not in READOUT_METHODS:
-        raise SteerhealError(f"method={method!r}: use one of {list(READOUT_METHODS)}")
-    if method in TOKEN_METHODS:
-        if position not in (None, "all"):
-            raise SteerhealError(
-                f"method={method!r} reads every token of each text: pass position='all' (or leave it None)"
-            )
-        return "all"
-    position = "mean" if position is None else position
-    check_position(position)
-    return position
-
-
-def score_position(position: str) -> str:
-    """Where a text is scored: the mean of per-token scores is the score of the mean, so `all` → `mean`."""
-    return "mean" if position == "all" else position
-
-
-@dataclass
-class CorpusActivations:
-    """One capture pass over a corpus's unique texts: pooled activations (and per-text bases for subspace)."""
-
-    texts: tuple[str, ...]
-    position: str
-    pooled: dict[int, Float[Tensor, "n_texts hidden"]]
-    bases: dict[int, list[Tensor]] | None = None
-
-    def rows(self, corpus: Corpus) -> list[int]:
-        """Row of each of `corpus.texts` (a subset or split of the corpus these activations were read from)."""
-        index = {t: i for i, t in enumerate(self.texts)}
-        missing = [t for t in corpus.texts if t not in index]
-        if missing:
-            raise SteerhealError(f"{len(missing)} corpus texts were not captured, e.g. {missing[0][:60]!r}")
-        return [index[t] for t in corpus.texts]
-
-
-def read_corpus(
-    model: nn.Module,
-    tok: PreTrainedTokenizerBase,
-    corpus: Corpus,
-    layers: Sequence[int],
-    position: str,
-    batch_size: int = 8,
-    progress: bool | None = None,
-) -> CorpusActivations:
-    """Forward every unique text of the corpus once; `position="all"` also keeps each text's SVD basis."""
-    layers = check_layers(model, layers)
-    if position != "all":
-        pooled = capture(model, tok, list(corpus.texts), layers, position, batch_size, progress, what="corpus")
-        return CorpusActivations(corpus.texts, position, pooled)
-    each = capture_each(
-        model,
-        tok,
-        list(corpus.texts),
-        layers,
-        lambda tokens: (tokens.mean(0), text_basis(tokens, SUBSPACE_RANK)),
-        batch_size,
-        progress,
-        what="corpus",
-    )
-    pooled = {layer: torch.stack([m for m, _ in items]) for layer, items in each.items()}
-    bases = {layer: [b for _, b in items] for layer, items in each.items()}
-    return CorpusActivations(corpus.texts, position, pooled, bases)
 
 
 def _round_robin(pos: Tensor, neg: Tensor) -> tuple[Tensor, Tensor]:
