@@ -16,9 +16,10 @@ import torch
 
 import steerheal as sh
 from steerheal.loop import report
-from steerheal.loop.rounds import RoundFailed, load_run, run, verify_saved
+from steerheal.loop.rounds import RoundFailed, run
 from steerheal.loop.runconfig import RunConfig, preset
 from steerheal.loop.rundir import open_existing
+from steerheal.loop.saved import load_run, verify_saved
 from steerheal.loop.stoprules import stop_rule as _stop
 
 

@@ -51,8 +51,9 @@ with _shape_checked():
     from steerheal.lm.tiny import TINY_ARCHS, tiny_model
     from steerheal.log import verbose
     from steerheal.loop import report as _report  # noqa: F401 (imported to be shape-checked)
-    from steerheal.loop.rounds import load_run, run
+    from steerheal.loop.rounds import run
     from steerheal.loop.runconfig import RunConfig, preset
+    from steerheal.loop.saved import load_run
     from steerheal.read.capture import capture, capture_tokens
     from steerheal.read.corpus import Corpus
     from steerheal.read.persona import persona_contrast

@@ -25,7 +25,7 @@ from steerheal.log import is_verbose, logger, quiet_bitsandbytes, verbose
 from steerheal.loop.model_spec import TINY_PREFIX, TOYWORLD
 from steerheal.loop.runconfig import PRESETS, RunConfig, preset
 
-USAGE = """usage: steerheal {run,extract,calibrate,verify,report,export} [options]
+USAGE = """usage: steerheal {run,extract,calibrate,verify,report,export,frontier,dial} [options]
 
   run        the loop: rounds of re-extract, calibrate, pairs, heal, fold, verify, checkpoint
              (--preset toyworld|fast-dev-run|real, --overwrite, --resume, RunConfig overrides)
@@ -34,6 +34,8 @@ USAGE = """usage: steerheal {run,extract,calibrate,verify,report,export} [option
   verify     re-run a round's verification and print it (RUN [--round K])
   report     regenerate a run's report.md, report.html and trajectory.png from events.jsonl (RUN)
   export     write a round as a plain peft adapter or a merged model (RUN [--round K] --peft DIR | --merged DIR)
+  frontier   steering at alpha x c* against the student at dial g, judged; logged into the run (RUN [--round K])
+  dial       the student at dial g (0 = base, 1 = as trained), judged (RUN [--round K] --g 0 0.5 1 1.5 2)
 
 Each command takes --help."""
 
@@ -205,7 +207,7 @@ class ExportArgs:
 
 
 def command_verify(args: list[str]) -> None:
-    from steerheal.loop.rounds import verify_saved
+    from steerheal.loop.saved import verify_saved
 
     parsed = tyro.cli(RunRound, args=args, prog="steerheal verify")
     metrics = verify_saved(parsed.run, parsed.round)
@@ -229,7 +231,7 @@ def command_report(args: list[str]) -> None:
 
 def command_export(args: list[str]) -> None:
     from steerheal.adapter.export import EXPORT_META_FILE
-    from steerheal.loop.rounds import load_run
+    from steerheal.loop.saved import load_run
 
     parsed = tyro.cli(ExportArgs, args=args, prog="steerheal export")
     if (parsed.peft is None) == (parsed.merged is None):
@@ -249,6 +251,36 @@ def command_export(args: list[str]) -> None:
         print(f"merged model -> {parsed.merged}")
 
 
+@dataclass
+class DialArgs:
+    """The student at dial g (every trained gate times g: 0 = the base, 1 = as trained), judged on the run's
+    held-out prompts and logged into the run as a frontier without steering."""
+
+    run: tyro.conf.Positional[Path]
+    round: int = -1
+    g: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0)
+
+
+def command_frontier(args: list[str]) -> None:
+    from steerheal.loop import report
+    from steerheal.loop.saved import frontier_saved
+
+    parsed = tyro.cli(RunRound, args=args, prog="steerheal frontier")
+    result = frontier_saved(parsed.run, parsed.round)
+    report.build(parsed.run)
+    print(json.dumps(result["summary"], indent=2, default=float))
+
+
+def command_dial(args: list[str]) -> None:
+    from steerheal.loop.saved import frontier_saved
+
+    parsed = tyro.cli(DialArgs, args=args, prog="steerheal dial")
+    result = frontier_saved(parsed.run, parsed.round, alphas=(), dials=parsed.g)
+    for v in result["variants"]:
+        line = {"variant": v["variant"], "trait_shift": v["trait_shift"], "kl_own_p95": v["kl_own"]["p95"]}
+        print(json.dumps({**line, "judges": v["judges"]}, default=float))
+
+
 COMMANDS = {
     "run": command_run,
     "extract": command_extract,
@@ -256,6 +288,8 @@ COMMANDS = {
     "verify": command_verify,
     "report": command_report,
     "export": command_export,
+    "frontier": command_frontier,
+    "dial": command_dial,
 }
 
 

@@ -23,7 +23,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from loguru import logger
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
@@ -35,6 +34,7 @@ from steerheal.judges.judge import Judge, defined, judge_all
 from steerheal.judges.variants import Variant, kl_to_base, variants
 from steerheal.lm.generate import decode, sample
 from steerheal.lm.texts import encode_prompts
+from steerheal.log import logger
 from steerheal.read.steering import steering_active
 from steerheal.read.vector import Vector
 

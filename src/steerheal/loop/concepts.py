@@ -49,6 +49,9 @@ class Concept:
     train_prompts: Callable[[int], list[str]]  # round -> the prompts of that round's pairs
     judge: Callable[[list[str]], dict[str, float]] | None  # exact metrics of completions, where truth is known
     corpus: Any = None  # a Corpus to check readout survival on, or None
+    eval_users: list[str] | None = (
+        None  # the held-out prompts as the user wrote them (no chat template): judges read these
+    )
 
 
 def _templated(tok: PreTrainedTokenizerBase, users: list[str]) -> list[str]:
@@ -87,6 +90,7 @@ def _toyworld(config: RunConfig, tok: PreTrainedTokenizerBase) -> Concept:
         off_target=Contrast(*world.contrast_set(c.off_target_mood, c.n_extract, seed), "mean"),
         calibration_prompts=chat_prompts(tok, world.neutral_prompts(config.dose.n_prompts, seed, "calibration")),
         eval_prompts=chat_prompts(tok, world.neutral_prompts(config.verify.n_prompts, seed, "eval")),
+        eval_users=world.neutral_prompts(config.verify.n_prompts, seed, "eval"),
         train_prompts=lambda round_: chat_prompts(tok, world.neutral_prompts(config.n_pairs, seed, f"train{round_}")),
         judge=judge,
     )
@@ -126,6 +130,7 @@ def _persona_concept(
         off_target=Contrast(off_pos, off_neg, "prompt_end"),
         calibration_prompts=_templated(tok, calibration),
         eval_prompts=_templated(tok, held_out),
+        eval_users=list(held_out),
         train_prompts=train_prompts,
         judge=None,
     )

@@ -35,10 +35,11 @@ from steerheal.files import atomic_write_bytes, atomic_write_json, read_json
 from steerheal.log import logger
 from steerheal.loop.checks import validate
 from steerheal.loop.concepts import Concept, build_concept
+from steerheal.loop.frontier_run import has_frontier, run_frontier
 from steerheal.loop.lock import RunLock, writes_run
 from steerheal.loop.model_spec import open_model
 from steerheal.loop.runconfig import RunConfig, compared
-from steerheal.loop.rundir import CONFIG, RunDir, open_existing, prepare
+from steerheal.loop.rundir import CONFIG, RunDir, prepare
 from steerheal.loop.stoprules import stop_rule, summary
 from steerheal.loop.verify import Reference, build_reference, verify_round
 from steerheal.read.vector import Vector
@@ -278,7 +279,7 @@ def _run(config: RunConfig, root: Path, overwrite: bool, resume: bool) -> RunRes
         # killed between the last manifest and stopped.json: the stop was decided, record it now
         run_dir.write_stop(run_dir.manifest(done[-1])["stop"], done[-1])
         stopped = run_dir.stop_record()
-    if stopped is not None:
+    if stopped is not None and (not config.verify.frontier or has_frontier(run_dir)):
         logger.info(f"run {root} already finished ({stopped['reason']}); nothing to resume")
         return RunResult(root, done, stopped["reason"], [])
     logger.info(
@@ -302,40 +303,8 @@ def _run(config: RunConfig, root: Path, overwrite: bool, resume: bool) -> RunRes
     adapter = GatedLoRA.load(model, run_dir.round_dir(done[-1]) / "adapter") if done else _attach(config, model)
     previous = read_json(run_dir.round_dir(done[-1]) / "metrics.json", f"run {run_dir.root}") if done else None
     loop = Loop(config, run_dir, model, tok, adapter, concept)
-    result = loop.rounds(len(done), previous)
+    result = loop.rounds(len(done), previous) if stopped is None else RunResult(root, done, stopped["reason"], [])
     result.rounds = run_dir.complete_rounds()
+    if config.verify.frontier and run_dir.stop_record() is not None and not has_frontier(run_dir):
+        run_frontier(run_dir, config, model, tok, adapter, concept, result.rounds[-1])
     return result
-
-
-def _open_saved(
-    directory: str | Path, round: int
-) -> tuple[RunDir, RunConfig, PreTrainedModel, PreTrainedTokenizerBase, GatedLoRA]:
-    """A saved run's directory, its configuration, and the base model with the adapter after `round`."""
-    root = Path(directory)
-    run_dir = open_existing(root)
-    done = run_dir.complete_rounds()
-    if not done:
-        raise SteerhealError(f"run {root} has no complete round yet")
-    k = done[round] if -len(done) <= round < len(done) else None
-    if k is None:
-        raise SteerhealError(f"run {root} has rounds {done}; round={round} is not one of them")
-    config = RunConfig.from_dict(read_json(root / CONFIG, f"run {root}"))
-    model, tok = open_model(config.model, config.quant, config.device, config.seed)
-    adapter = GatedLoRA.load(model, run_dir.round_dir(k) / "adapter")
-    return run_dir, config, model, tok, adapter
-
-
-@checked
-def load_run(directory: str | Path, round: int = -1) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, GatedLoRA]:
-    """The base model with the gated adapter as it was after round `round` (-1: the last complete one)."""
-    _, _, model, tok, adapter = _open_saved(directory, round)
-    return model, tok, adapter
-
-
-@checked
-def verify_saved(directory: str | Path, round: int = -1) -> dict[str, Any]:
-    """Re-run the verification of a saved round (deterministic: it reproduces the round's metrics.json)."""
-    run_dir, config, model, tok, adapter = _open_saved(directory, round)
-    concept = build_concept(config, tok, run_dir.root)
-    metrics, _ = Loop(config, run_dir, model, tok, adapter, concept).verify()
-    return defined(metrics)

@@ -87,6 +87,12 @@ class VerifyConfig:
     directory), elsewhere over `corpus` when it is set."""
     corpus: Path | None = None
     """A concept corpus folder for the readout check (corpus/ layout)."""
+    frontier: bool = False
+    """After the last round, sweep steering at alpha·c* and the student at dial g on the held-out prompts,
+    judged by instruments steerheal did not write (docs/judges.md): toyworld's exact mood rate and grammar, or
+    VADER, relevance under all-MiniLM-L6-v2 and, with `judge_model`, bits per byte under that model."""
+    judge_model: str | None = None
+    """An independent model whose bits per byte judge coherence in the frontier (e.g. gemma-3-270m)."""
 
 
 @dataclass(frozen=True)
@@ -195,6 +201,7 @@ def preset(name: str) -> RunConfig:
         return RunConfig(
             dose=DoseConfig(target_kl=0.5),
             heal=HealConfig(lr=2e-3, epochs=3, tau=0.2, lam=1.0),
+            verify=VerifyConfig(frontier=True),
         )
     if name == "fast-dev-run":
         return RunConfig(
