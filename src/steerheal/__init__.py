@@ -38,6 +38,8 @@ with _shape_checked():
     from steerheal.dose.walk import dose_walk
     from steerheal.errors import SteerhealError
     from steerheal.files import steerheal_version
+    from steerheal.lm import gguf_cache as _gguf_cache  # noqa: F401 (imported to be shape-checked)
+    from steerheal.lm import hub as _hub  # noqa: F401 (imported to be shape-checked)
     from steerheal.lm.blocks import decoder_layers
     from steerheal.lm.fingerprint import Fingerprint, fingerprint
     from steerheal.lm.generate import sample
