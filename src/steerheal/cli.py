@@ -18,6 +18,7 @@ import tyro
 from loguru import logger
 
 from steerheal.errors import SteerhealError
+from steerheal.lm.registry import REGISTRY
 from steerheal.lm.tiny import TINY_ARCHS
 from steerheal.loop.model_spec import TINY_PREFIX, TOYWORLD
 from steerheal.loop.runconfig import PRESETS, RunConfig, preset
@@ -36,7 +37,8 @@ Each command takes --help."""
 
 RUN_FLAGS = """steerheal run: flags handled before the RunConfig options below
   --preset NAME   toyworld (default for --model toyworld), fast-dev-run (default for tiny:<arch>; without a
-                  --model it runs every tiny architecture), real (default for any other model)
+                  --model it runs every tiny architecture), smollm2 (default for smollm2-135m-instruct and
+                  gemma-3-270m), real (default for any other model)
   --overwrite     replace an existing run directory
   --resume        continue the run in runs_dir/name from its last complete round
 """
@@ -76,6 +78,8 @@ def run_config(args: list[str], prog: str, description: str) -> tuple[RunConfig,
     """(RunConfig, preset name) from a preset flag or the model, then tyro overrides."""
     name = _take(args, "--preset")
     model = _option(args, "--model")
+    if name is None and model in REGISTRY:  # a registry model brings its own preset (lm/registry.py)
+        name = REGISTRY[model].preset
     if name is None:
         name = "toyworld" if model in (None, TOYWORLD) else "fast-dev-run" if model.startswith(TINY_PREFIX) else "real"
     if name not in PRESETS:

@@ -115,8 +115,9 @@ def locate(model: RegisteredModel, cache_dir: str | os.PathLike[str] | None = No
     return target
 
 
-def read_metadata(path: Path) -> dict[str, Any]:
-    """Every key/value of a GGUF as Python objects (tokenizer arrays as lists); tensors are not read."""
+def read_metadata(path: Path, keys: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The key/values of a GGUF (all, or `keys`) as Python objects; tensors are not read. Converting
+    Gemma's 262,144-entry token arrays to lists takes seconds: ask for the scalars by name when that is all."""
     try:
         from gguf import GGUFReader
     except ImportError as err:
@@ -125,4 +126,8 @@ def read_metadata(path: Path) -> dict[str, Any]:
         reader = GGUFReader(str(path))
     except (ValueError, OSError) as err:
         raise SteerhealError(f"{path}: not a readable GGUF file ({err})") from err
-    return {key: field.contents() for key, field in reader.fields.items() if not key.startswith("GGUF.")}
+    return {
+        key: field.contents()
+        for key, field in reader.fields.items()
+        if not key.startswith("GGUF.") and (keys is None or key in keys)
+    }
