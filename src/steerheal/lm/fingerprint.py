@@ -30,13 +30,19 @@ class Fingerprint:
     vocab_size: int
     dtype: str
     quantization: str | None
+    # provenance, optional: files written before these fields existed load without them
+    gguf_file: str | None = None
+    gguf_sha256: str | None = None
+    gguf_quant: str | None = None
 
     IDENTITY = ("name", "revision", "architecture", "hidden_size", "n_layers", "vocab_size")
     PRECISION = ("dtype", "quantization")
+    PROVENANCE = ("gguf_file", "gguf_sha256", "gguf_quant")
 
     @property
     def name(self) -> str:
-        """The model's name: a hub id's last part or a local folder's name, so copies compare equal."""
+        """The model's name: a hub id's last part or a local folder's name, so copies compare equal (a model
+        loaded from a GGUF is named by its registered identity, whichever route loaded it)."""
         return Path(self.name_or_path.rstrip("/\\")).name if self.name_or_path else ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -45,17 +51,19 @@ class Fingerprint:
     @classmethod
     def from_dict(cls, data: dict[str, Any], what: str) -> Fingerprint:
         fields = set(cls.__dataclass_fields__)
-        missing = fields - set(data)
+        missing = fields - set(data) - set(cls.PROVENANCE)
         if missing:
             raise SteerhealError(f"{what}: fingerprint lacks {sorted(missing)}; the file is damaged or foreign")
-        return cls(**{k: data[k] for k in fields})
+        return cls(**{k: data[k] for k in fields if k in data})
 
-    def differences(self, other: Fingerprint, part: Literal["identity", "precision"]) -> list[str]:
-        """`field: mine != theirs` for each differing field of one part (unknown revisions never differ)."""
+    def differences(self, other: Fingerprint, part: Literal["identity", "precision", "provenance"]) -> list[str]:
+        """`field: mine != theirs` for each differing field of one part (unknown revisions and provenance never
+        differ)."""
         out = []
-        for field in self.IDENTITY if part == "identity" else self.PRECISION:
+        fields = {"identity": self.IDENTITY, "precision": self.PRECISION, "provenance": self.PROVENANCE}[part]
+        for field in fields:
             mine, theirs = getattr(self, field), getattr(other, field)
-            if field == "revision" and (mine is None or theirs is None):
+            if field in ("revision", *self.PROVENANCE) and (mine is None or theirs is None):
                 continue
             if mine != theirs:
                 out.append(f"{field}: {mine!r} != {theirs!r}")
@@ -80,7 +88,8 @@ def fingerprint(model: nn.Module) -> Fingerprint:
     text = config.get_text_config()
     architectures = getattr(config, "architectures", None) or [type(inner).__name__]
     return Fingerprint(
-        name_or_path=str(getattr(config, "_name_or_path", "") or ""),
+        # a GGUF's cache folder names the model it holds (lm/gguf_cache.py), not its own path
+        name_or_path=str(getattr(config, "steerheal_identity", None) or getattr(config, "_name_or_path", "") or ""),
         revision=getattr(config, "_commit_hash", None),
         architecture=str(architectures[0]),
         hidden_size=int(text.hidden_size),
@@ -88,6 +97,9 @@ def fingerprint(model: nn.Module) -> Fingerprint:
         vocab_size=int(text.vocab_size),
         dtype=str(inner.dtype).removeprefix("torch."),
         quantization=quantization(inner),
+        gguf_file=getattr(config, "steerheal_gguf_file", None),
+        gguf_sha256=getattr(config, "steerheal_gguf_sha256", None),
+        gguf_quant=getattr(config, "steerheal_gguf_quant", None),
     )
 
 
@@ -97,3 +109,6 @@ def warn_if_made_for_another(saved: Fingerprint | None, model: nn.Module, what: 
     differences = saved.differences(fingerprint(model), "identity") if saved is not None else []
     if differences:
         logger.warning(f"{what} was trained on another model: {'; '.join(differences)}")
+    rounding = saved.differences(fingerprint(model), "provenance") if saved is not None else []
+    if rounding and not differences:
+        logger.warning(f"{what} was trained on another GGUF file of this model: {'; '.join(rounding)}")

@@ -1,6 +1,8 @@
 """Load causal LMs (and BERT-style encoders, for readouts) in eval mode, left-padded, with a pad token.
 
 Encoder-only models (`ENCODER_TYPES`) are read, never generated from: they load through `AutoModel`.
+A registered short name (`lm/registry.py`) or a `.gguf` file loads from its de-quantised cache folder
+(`lm/gguf_cache.py`, docs/models.md); a hub id that cannot be fetched fails at once (`lm/hub.py`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from steerheal.errors import SteerhealError
 from steerheal.lm.attention import use_broadcast_mask
 from steerheal.lm.blocks import ENCODER_TYPES
 from steerheal.lm.fingerprint import fingerprint
+from steerheal.lm.registry import REGISTRY
 from steerheal.log import logger, quiet_bitsandbytes
 
 
@@ -57,12 +60,21 @@ def prepare_tokenizer(tok: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
     return tok
 
 
+def _gguf_folder(source: str, cache_dir: str | os.PathLike[str] | None) -> Path:
+    from steerheal.lm.gguf import locate
+    from steerheal.lm.gguf_cache import materialise
+
+    gguf = locate(REGISTRY[source], cache_dir) if source in REGISTRY else Path(source).expanduser()
+    return materialise(gguf, cache_dir)
+
+
 @checked
 def load_model(
     name_or_path: str | os.PathLike[str],
     quant: str | None = None,
     dtype: torch.dtype | str | None = None,
     device: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A causal LM and its tokenizer, in eval mode, left-padded, with a pad token.
 
@@ -72,6 +84,10 @@ def load_model(
     `quant="4bit"` (nf4, double quantisation) or `"8bit"` go through bitsandbytes, which also runs on CPU.
     `dtype=None` picks float32 on CPU (the only fast CPU dtype, and what 4-bit on CPU needs for its
     non-quantised parameters) and bfloat16 on a GPU that supports it.
+
+    `name_or_path` may also be a short name of `lm.registry.REGISTRY` (`smollm2-135m-instruct`, `gemma-3-270m`)
+    or a `.gguf` file: the first load writes a float32 model folder under `cache_dir` (default
+    $STEERHEAL_CACHE or ~/.cache/steerheal) and every load, plain or 4-bit, reads that folder.
     """
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
@@ -82,6 +98,12 @@ def load_model(
     if device == "cpu" and torch_dtype != torch.float32:
         logger.warning(f"{torch_dtype} on CPU is much slower than float32 here; pass dtype='float32'")
     source = str(name_or_path)
+    if source in REGISTRY or source.endswith(".gguf"):
+        source = str(_gguf_folder(source, cache_dir))
+    elif not Path(source).expanduser().exists() and not source.startswith(("/", "./", "../", "~", "\\")):
+        from steerheal.lm.hub import check_hub_id
+
+        check_hub_id(source)
     if not Path(source).expanduser().exists() and source.startswith(("/", "./", "../", "~", "\\")):
         raise SteerhealError(f"could not load model {source!r}: that local folder does not exist")
     folder = Path(source).expanduser()

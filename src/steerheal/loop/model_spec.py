@@ -1,4 +1,5 @@
-"""A model spec string to a model: `toyworld`, `tiny:<arch>`, or a hub id / local folder."""
+"""A model spec string to a model: `toyworld`, `tiny:<arch>`, a registry short name (`smollm2-135m-instruct`,
+`gemma-3-270m`), a `.gguf` file, or a hub id / local folder (the last three through `load_model`)."""
 
 from __future__ import annotations
 

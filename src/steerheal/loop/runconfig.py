@@ -3,7 +3,9 @@
 `toyworld` is the embedded default of `just run` (offline, CPU, minutes); `fast-dev-run` runs the whole loop
 on a tiny random model of every supported architecture in seconds (scale-only knobs, filters loosened and
 logged); `real` is a real chat model in 4-bit (`google/gemma-3-1b-it` by default) with a persona contrast
-from `corpus/personas`. Every field can be overridden on the command line (tyro).
+from `corpus/personas`; `smollm2` is SmolLM2-135M-Instruct from the package registry (docs/models.md) in float32
+with the builtin joyful/gloomy persona, sized for a small CPU (first values, not tuned yet). Every field can be
+overridden on the command line (tyro).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from steerheal.dose.pairs import SamplingConfig
 from steerheal.errors import SteerhealError
 from steerheal.training.heal import HealConfig
 
-PRESETS = ("toyworld", "fast-dev-run", "real")
+PRESETS = ("toyworld", "fast-dev-run", "real", "smollm2")
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ class RunConfig:
     """The run's folder under runs_dir."""
     runs_dir: Path = Path("runs")
     model: str = "toyworld"
-    """toyworld, tiny:<arch>, an HF hub id or a local folder."""
+    """toyworld, tiny:<arch>, smollm2-135m-instruct, gemma-3-270m, a .gguf file, an HF hub id or a local folder."""
     quant: str | None = None
     device: str | None = None
     seed: int = 0
@@ -233,5 +235,18 @@ def preset(name: str) -> RunConfig:
             heal=HealConfig(lr=1e-4, epochs=3, batch_size=2, grad_accum=2),
             stop=StopConfig(min_grammar_ok=0.0),
             verify=VerifyConfig(n_prompts=16, max_new_tokens=96, corpus=Path("corpus/emotions")),
+        )
+    if name == "smollm2":
+        # float32: nf4 on these Q4-rounded weights rounds twice (docs/models.md), and 135M params fit any CPU
+        return RunConfig(
+            name="smollm2",
+            model="smollm2-135m-instruct",
+            n_pairs=32,
+            concept=ConceptConfig(source="builtin", n_extract=24),
+            dose=DoseConfig(n_prompts=8, n_tokens=12, liveness_samples=8, probe_size=8),
+            sampling=SamplingConfig(max_new_tokens=32, batch_size=8),
+            adapter=AdapterConfig(r=8, alpha=16.0),
+            heal=HealConfig(lr=5e-4, epochs=2, batch_size=4, grad_accum=2),
+            verify=VerifyConfig(n_prompts=16, max_new_tokens=32, n_samples=2),
         )
     raise SteerhealError(f"preset {name!r} is unknown; choose one of {list(PRESETS)}")
