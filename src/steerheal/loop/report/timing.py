@@ -101,5 +101,5 @@ def timing_section(run: RunView) -> Part:
         f"<p class='note'>Wall time between logged events (rounds from attempt(s) {attempts}); model loading is "
         "not logged and not shown.</p>"
     )
-    body = note + html_table(head, text_rows, "timing") + svg
+    body = note + html_table(head, text_rows, "timing") + f"<div style='max-width:860px'>{svg}</div>"
     return Part("timing", "Time per stage", body, md_table(head, text_rows) + "\n", {"timing.png": png})
