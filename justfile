@@ -18,6 +18,22 @@ fast-dev-run *ARGS:
 test *ARGS:
     BEARTYPE=1 python -m pytest --durations=20 "$@"
 
+# regenerate RUN's report and screenshot report.html as a person sees it (headless Chromium from the OS packages,
+# --no-sandbox as root) into RUN/report.png: `just report-screenshot runs/toyworld [WIDTH] [HEIGHT]`
+report-screenshot RUN WIDTH="1400" HEIGHT="2200":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    steerheal report "$1" > /dev/null
+    browser="$(command -v chromium || command -v chromium-browser || command -v google-chrome || true)"
+    if [ -z "$browser" ]; then echo "no Chromium found: install the OS package (apt-get install chromium)" >&2; exit 2; fi
+    sandbox=(); if [ "$(id -u)" = 0 ]; then sandbox=(--no-sandbox); fi
+    profile="$(mktemp -d)"; trap 'rm -rf "$profile"' EXIT
+    out="$(cd "$1" && pwd)/report.png"
+    "$browser" --headless "${sandbox[@]}" --disable-gpu --disable-quic --no-first-run --disable-background-networking \
+        --disable-component-update --disable-sync --hide-scrollbars --user-data-dir="$profile" --screenshot="$out" \
+        --window-size="$2,$3" "file://$(cd "$1" && pwd)/report.html" 2> /dev/null
+    echo "$out"
+
 # lint and format check
 lint:
     ruff check src tests bench dev.py

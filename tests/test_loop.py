@@ -69,7 +69,7 @@ def test_run_directory_events_manifests_report_and_reproducible_verify(tmp_path)
     paths = report.build(root)
     table = (root / "report.md").read_text()
     assert "| round |" in table and "max_rounds" in table and paths["png"].stat().st_size > 0
-    assert "plotly" in paths["html"].read_text()[:200_000].lower()
+    assert "<section id='verdict'>" in paths["html"].read_text()  # the report's sections: tests/test_report.py
     again = verify_saved(root, 1)  # deterministic: recomputing a round's verification reproduces it
     assert again["trait"] == metrics["trait"] and again["coherence"] == metrics["coherence"]
     with pytest.raises(sh.SteerhealError, match="exists and is not empty; pass --overwrite"):

@@ -1,0 +1,100 @@
+"""What a report reads: a finished (or interrupted) run's events, as one `RunView`.
+
+Each round counts once: only the `round_end` event of the attempt named in the round's manifest is read (and
+the other events of that round from the same attempt), so a round replayed after a kill is never
+double-counted. The thresholds the verdict compares with come from the run's config.json; everything measured
+comes from events.jsonl.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from steerheal.errors import SteerhealError
+from steerheal.files import read_json
+from steerheal.loop.rundir import CONFIG, RunDir, open_existing
+
+
+def round_events(run: RunDir) -> list[dict[str, Any]]:
+    """The `round_end` event of each complete round, from the attempt that completed it."""
+    done = {k: run.manifest(k)["attempt"] for k in run.complete_rounds()}
+    chosen = {}
+    for event in run.events():
+        k = event.get("round")
+        if event.get("event") == "round_end" and k in done and event["attempt"] == done[k]:
+            chosen[k] = event
+    missing = sorted(set(done) - set(chosen))
+    if missing:
+        raise SteerhealError(f"run {run.root}: rounds {missing} are complete but their round_end events are missing")
+    return [chosen[k] for k in sorted(chosen)]
+
+
+@dataclass
+class RunView:
+    """A run as the report sees it: `rounds` holds each complete round's `round_end` event in order,
+    `round_log[k]` every event of round k from the attempt that completed it, `frontier` the last `frontier`
+    event (or None), `config` the run's configuration as stored."""
+
+    name: str
+    config: dict[str, Any]
+    rounds: list[dict[str, Any]]
+    round_log: dict[int, list[dict[str, Any]]]
+    events: list[dict[str, Any]]
+    stop: dict[str, Any] | None
+    frontier: dict[str, Any] | None = None
+
+    @property
+    def last(self) -> dict[str, Any]:
+        """The last complete round's metrics."""
+        return self.rounds[-1]["metrics"]
+
+    def threshold(self, name: str) -> float | None:
+        """A stop-rule threshold (`max_kl_tail`, `min_distinct_2`, `min_grammar_ok`, ...) from the config."""
+        value = self.config.get("stop", {}).get(name)
+        return None if value is None else float(value)
+
+
+def _round_of(event: dict[str, Any]) -> int | None:
+    """heal_step events name their round as the adapter's round name (`round_0`); the others as an int."""
+    k = event.get("round")
+    if isinstance(k, int):
+        return k
+    if isinstance(k, str) and k.rsplit("_", 1)[-1].isdigit():
+        return int(k.rsplit("_", 1)[-1])
+    return None
+
+
+def view(run: RunDir) -> RunView:
+    """The RunView of an opened run directory; a run without a complete round is an error naming it."""
+    rounds = round_events(run)
+    if not rounds:
+        raise SteerhealError(f"run {run.root} has no complete round to report")
+    events = run.events()
+    attempts = {e["round"]: e["attempt"] for e in rounds}
+    log: dict[int, list[dict[str, Any]]] = {k: [] for k in attempts}
+    for event in events:
+        k = _round_of(event)
+        if k in attempts and event.get("attempt") == attempts[k]:
+            log[k].append(event)
+    frontiers = [e for e in events if e.get("event") == "frontier"]
+    return RunView(
+        name=run.root.name,
+        config=read_json(run.root / CONFIG, f"run {run.root}"),
+        rounds=rounds,
+        round_log=log,
+        events=events,
+        stop=run.stop_record(),
+        frontier=frontier_of(frontiers[-1]) if frontiers else None,
+    )
+
+
+def frontier_of(event: dict[str, Any]) -> dict[str, Any]:
+    """The frontier dict of a `frontier` event: under its "frontier" key, or the event itself."""
+    return event["frontier"] if isinstance(event.get("frontier"), dict) else event
+
+
+def open_view(directory: str | Path) -> tuple[RunDir, RunView]:
+    run = open_existing(Path(directory))
+    return run, view(run)
