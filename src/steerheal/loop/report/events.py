@@ -79,6 +79,8 @@ def view(run: RunDir) -> RunView:
         if k in attempts and event.get("attempt") == attempts[k]:
             log[k].append(event)
     frontiers = [e for e in events if e.get("event") == "frontier"]
+    swept = [e for e in frontiers if any(p.get("kind") == "steering" for p in _records(_raw(e)))]
+    frontiers = swept or frontiers  # a later plain dial sweep (`steerheal dial`) does not hide the frontier
     return RunView(
         name=run.root.name,
         config=read_json(run.root / CONFIG, f"run {run.root}"),
@@ -91,8 +93,53 @@ def view(run: RunDir) -> RunView:
 
 
 def frontier_of(event: dict[str, Any]) -> dict[str, Any]:
-    """The frontier dict of a `frontier` event: under its "frontier" key, or the event itself."""
+    """The frontier dict of a `frontier` event (under its "frontier" key, or the event itself), in the sections'
+    shape: `judges.frontier` records (one per variant: kind, value, kl_own, judges, trait_shift) become
+    {"variants": {"steering": [points], "student": [points]}, "dominance": reading}."""
+    frontier = _raw(event)
+    records = _records(frontier)
+    if not records:
+        return frontier
+    config = frontier.get("config", {})
+
+    def score(record: dict[str, Any], key: str | None) -> Any:
+        if not key:
+            return None
+        judge, name = key.split(".", 1)
+        return record.get("judges", {}).get(judge, {}).get(name)
+
+    def point(record: dict[str, Any]) -> dict[str, Any]:
+        dose = {"alpha": record["value"]} if record["kind"] == "steering" else {"g": record["value"]}
+        return {
+            **dose,
+            "x": (record.get("kl_own") or {}).get("p95"),
+            "KL p95 on the base's greedy text": (record.get("kl_greedy") or {}).get("p95"),
+            "trait": record.get("trait_shift"),
+            "bits_per_byte": score(record, config.get("coherence")),
+            "relevance": score(record, config.get("relevance")),
+        }
+
+    variants = {kind: [point(r) for r in records if r.get("kind") == kind] for kind in ("steering", "student")}
+    readings = [
+        f"{label}: {frontier['comparisons'][view]['reading']}"
+        for view, label in (("kl_own", "KL on each variant's own samples"), ("kl_greedy", "KL on the base's text"))
+        if view in frontier.get("comparisons", {}) and "reading" in frontier["comparisons"][view]
+    ]
+    return {
+        **{k: v for k, v in frontier.items() if k != "variants"},
+        "variants": variants,
+        "dominance": "; ".join(readings) or "not stated",
+        "trait_axis": f"{config.get('trait')} shift from the base",
+    }
+
+
+def _raw(event: dict[str, Any]) -> dict[str, Any]:
     return event["frontier"] if isinstance(event.get("frontier"), dict) else event
+
+
+def _records(frontier: dict[str, Any]) -> list[dict[str, Any]]:
+    variants = frontier.get("variants")
+    return [r for r in variants if isinstance(r, dict) and "kind" in r] if isinstance(variants, list) else []
 
 
 def open_view(directory: str | Path) -> tuple[RunDir, RunView]:
