@@ -88,8 +88,10 @@ def test_subset_keeps_only_the_named_concepts(tmp_path):
     assert sub.positives("joy") == corpus.positives("joy")
     with pytest.raises(sh.SteerhealError, match="concept 'hope' is not in this corpus"):
         corpus.subset(["hope"])
+    with pytest.raises(sh.SteerhealError, match=r"names is a single str 'joy'.*wrap it in a list"):
+        corpus.subset("joy")  # the typed boundary names the argument (it said "non-empty list" before)
     with pytest.raises(sh.SteerhealError, match="non-empty list"):
-        corpus.subset("joy")
+        corpus.subset([])
 
 
 def test_split_is_stratified_seeded_and_disjoint(tmp_path):
