@@ -73,13 +73,16 @@ logger = _Logger()
 
 
 @contextmanager
-def stage(name: str) -> Iterator[None]:
+def stage(name: str, times: dict[str, float] | None = None) -> Iterator[None]:
     """Log one INFO line with the wall time of a stage when it ends (a progress bar's summary where there is no
-    terminal to draw one on)."""
+    terminal to draw one on), and add it to `times[name]` when given."""
     start = time.perf_counter()
     yield
+    seconds = time.perf_counter() - start
+    if times is not None:
+        times[name] = times.get(name, 0.0) + seconds
     if _VERBOSE[0]:
-        _loguru.opt(depth=2).info(f"{name}: {time.perf_counter() - start:.1f} s")
+        _loguru.opt(depth=2).info(f"{name}: {seconds:.1f} s")
 
 
 @contextmanager

@@ -32,7 +32,7 @@ from steerheal.dose.pairs import write_pairs
 from steerheal.dose.walk import dose_walk, walk_and_pair
 from steerheal.errors import SteerhealError
 from steerheal.files import atomic_write_bytes, atomic_write_json, read_json
-from steerheal.log import logger
+from steerheal.log import logger, stage
 from steerheal.loop.checks import validate
 from steerheal.loop.concepts import Concept, build_concept
 from steerheal.loop.frontier_run import has_frontier, run_frontier
@@ -124,16 +124,19 @@ class Loop:
         folder = self.run.round_dir(k)
         folder.mkdir(parents=True, exist_ok=True)
         self.run.log({"event": "round_start", "round": k, "seed": seed})
-        teacher = concept.teacher
-        vector = Vector.train(
-            model, tok, teacher.pos, teacher.neg, c.concept.layers, c.concept.method, teacher.position
-        )
+        teacher, times = concept.teacher, {}
+        with stage(f"round {k} extract", times):
+            vector = Vector.train(
+                model, tok, teacher.pos, teacher.neg, c.concept.layers, c.concept.method, teacher.position
+            )
         target = c.dose.target(k)
-        calibrate_dose(vector, model, tok, concept.calibration_prompts, c.dose, k, seed, c.sampling.batch_size)
+        with stage(f"round {k} calibrate", times):
+            calibrate_dose(vector, model, tok, concept.calibration_prompts, c.dose, k, seed, c.sampling.batch_size)
         filters = _filters(c)
         prompts = concept.train_prompts(k)
-        walk = dose_walk(model, tok, vector, prompts, c.dose, seed, c.sampling, filters)
-        pairs = walk_and_pair(model, tok, vector, prompts, walk, seed, c.sampling, filters)
+        with stage(f"round {k} pairs", times):
+            walk = dose_walk(model, tok, vector, prompts, c.dose, seed, c.sampling, filters)
+            pairs = walk_and_pair(model, tok, vector, prompts, walk, seed, c.sampling, filters)
         kept = sum(p.kept for p in pairs)
         dose = {
             "c": vector.coeff,
@@ -147,12 +150,13 @@ class Loop:
         vector.save(folder)
         write_pairs(folder / "pairs.jsonl", pairs)
         self.run.log({"event": "pairs", "round": k, **dose, "calibration": vector.calibration})
-        if k == 0:
-            teacher0 = copy.deepcopy(vector)
-            teacher0.coeff = dose["C"]
-            self._reference(teacher0)
-        elif self.reference is None:
-            self._reference(self._teacher0())
+        with stage(f"round {k} reference", times):
+            if k == 0:
+                teacher0 = copy.deepcopy(vector)
+                teacher0.coeff = dose["C"]
+                self._reference(teacher0)
+            elif self.reference is None:
+                self._reference(self._teacher0())
         lam, tau = lam_schedule(c.heal.lam, k, c.lam_power), lam_schedule(c.heal.tau, k, c.tau_power)
         heal_config = dataclasses.replace(c.heal, lam=lam, tau=tau, seed=seed)
         self.run.log(
@@ -165,9 +169,12 @@ class Loop:
                 "target_kl": target,
             }
         )
-        result = heal(model, adapter, pairs, heal_config, events=lambda e: self.run.log(e))
-        adapter.fold()
-        metrics, samples = self.verify()
+        with stage(f"round {k} heal", times):
+            result = heal(model, adapter, pairs, heal_config, events=lambda e: self.run.log(e))
+            adapter.fold()
+        with stage(f"round {k} verify", times):
+            metrics, samples = self.verify()
+        self.run.log({"event": "stage_times", "round": k, "seconds": {n.split()[-1]: s for n, s in times.items()}})
         metrics["dose"] = dose
         metrics["heal"] = {
             "lam": lam,

@@ -5,6 +5,7 @@
     heal_start → last heal_step   heal
     last heal_step → round_end    fold, verify, save
 
+Rounds that log a `stage_times` event (every round since the loop timed its stages) are read from it instead.
 A missing event merges its stage into the next one (named "a + b"). Model loading is not logged by an event,
 so it is not shown; the frontier, when logged, is timed from the event before it.
 """
@@ -32,7 +33,12 @@ def seconds(a: str, b: str) -> float:
 
 
 def round_stages(events: list[dict[str, Any]]) -> list[tuple[str, float]]:
-    """[(stage, seconds)] of one round's events; the heal ends at its last heal_step."""
+    """[(stage, seconds)] of one round's events: the round's own `stage_times` event when it logged one
+    (extract, calibrate, pairs, reference, heal, verify), else from the events' timestamps (the heal ends at
+    its last heal_step)."""
+    for event in events:
+        if event.get("event") == "stage_times":
+            return [(name, float(s)) for name, s in event["seconds"].items()]
     when: dict[str, str] = {}
     for event in events:
         kind = event.get("event")
