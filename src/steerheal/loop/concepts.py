@@ -6,6 +6,7 @@ Every stage gets its own prompts, so nothing the student is trained on is used t
 - calibration and pairs: neutral prompts, a fresh draw per round for the pairs;
 - verification: held-out neutral prompts, the same every round.
 An off-target contrast (another mood; another persona) gives the control that should not move.
+The sources that start from a saved direction (a readout's row, a Vector) are built in `sources.py`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from steerheal.errors import SteerhealError
@@ -25,6 +27,7 @@ from steerheal.files import os_error
 from steerheal.lm.texts import Text
 from steerheal.loop.runconfig import RunConfig
 from steerheal.read.persona import persona_contrast
+from steerheal.read.vector import Vector
 
 BUILTIN_POS = "You are joyful, warm and full of delight."
 BUILTIN_NEG = "You are gloomy, cold and full of dread."
@@ -42,8 +45,8 @@ class Contrast:
 @dataclass(frozen=True)
 class Concept:
     name: str
-    teacher: Contrast
-    off_target: Contrast
+    teacher: Contrast | None  # the texts the teacher is (re-)read from; None: only the saved `initial` direction
+    off_target: Contrast | None  # None: `off_target_vector` is the control
     calibration_prompts: list[str]
     eval_prompts: list[str]
     train_prompts: Callable[[int], list[str]]  # round -> the prompts of that round's pairs
@@ -52,6 +55,32 @@ class Concept:
     eval_users: list[str] | None = (
         None  # the held-out prompts as the user wrote them (no chat template): judges read these
     )
+    initial: Vector | None = None  # round 0's direction when it is saved (a readout's row, a Vector)
+    reextract: bool = True  # with `initial`: later rounds re-read the teacher on the student from `teacher`
+    off_target_vector: Vector | None = None  # a saved off-target direction (a readout's other row)
+
+
+def round_teacher(
+    concept: Concept, model: nn.Module, tok: PreTrainedTokenizerBase, config: RunConfig, k: int
+) -> Vector:
+    """Round k's teacher direction: the saved one in round 0 (and every round without re-extraction), else read
+    from the contrast on the model as it is now (the student, every folded round on), at the saved direction's
+    layers when there is one."""
+    initial = concept.initial
+    if initial is not None and (k == 0 or not concept.reextract or concept.teacher is None):
+        return Vector(
+            dict(initial.directions),
+            dict(initial.norms),
+            initial.method,
+            initial.position,
+            fingerprint=initial.fingerprint,
+            meta=dict(initial.meta),
+        )
+    if concept.teacher is None:
+        raise SteerhealError(f"{concept.name}: no contrast texts to read the teacher from")
+    layers = initial.layers if initial is not None else config.concept.layers
+    t = concept.teacher
+    return Vector.train(model, tok, t.pos, t.neg, layers, config.concept.method, t.position)
 
 
 def _templated(tok: PreTrainedTokenizerBase, users: list[str]) -> list[str]:
@@ -65,8 +94,6 @@ def _templated(tok: PreTrainedTokenizerBase, users: list[str]) -> list[str]:
 
 def _toyworld(config: RunConfig, tok: PreTrainedTokenizerBase) -> Concept:
     from steerheal.toyworld import world
-    from steerheal.toyworld.load import chat_prompts
-    from steerheal.toyworld.metrics import grammar_ok, mood_rates
 
     c = config.concept
     for mood in (c.mood, c.off_target_mood):
@@ -75,25 +102,65 @@ def _toyworld(config: RunConfig, tok: PreTrainedTokenizerBase) -> Concept:
     if c.mood == c.off_target_mood:
         raise SteerhealError("concept.off_target_mood must differ from concept.mood")
     seed = config.seed
-
-    def judge(texts: list[str]) -> dict[str, float]:
-        rates = mood_rates(texts)
-        return {
-            "mood_rate": rates[c.mood],
-            "off_target_mood_rate": rates[c.off_target_mood],
-            "grammar_ok": sum(map(grammar_ok, texts)) / len(texts),
-        }
-
     return Concept(
         name=f"toyworld {c.mood}",
         teacher=Contrast(*world.contrast_set(c.mood, c.n_extract, seed), "mean"),
         off_target=Contrast(*world.contrast_set(c.off_target_mood, c.n_extract, seed), "mean"),
-        calibration_prompts=chat_prompts(tok, world.neutral_prompts(config.dose.n_prompts, seed, "calibration")),
-        eval_prompts=chat_prompts(tok, world.neutral_prompts(config.verify.n_prompts, seed, "eval")),
-        eval_users=world.neutral_prompts(config.verify.n_prompts, seed, "eval"),
-        train_prompts=lambda round_: chat_prompts(tok, world.neutral_prompts(config.n_pairs, seed, f"train{round_}")),
-        judge=judge,
+        **toyworld_prompts(config, tok),
+        judge=mood_judge(c.mood, c.off_target_mood),
     )
+
+
+def mood_judge(mood: str, off_target_mood: str) -> Callable[[list[str]], dict[str, float]]:
+    """toyworld's exact metrics of completions: the target's and the off-target's mood rate, grammar_ok."""
+    from steerheal.toyworld.metrics import grammar_ok, mood_rates
+
+    def judge(texts: list[str]) -> dict[str, float]:
+        rates = mood_rates(texts)
+        return {
+            "mood_rate": rates[mood],
+            "off_target_mood_rate": rates[off_target_mood],
+            "grammar_ok": sum(map(grammar_ok, texts)) / len(texts),
+        }
+
+    return judge
+
+
+def toyworld_prompts(config: RunConfig, tok: PreTrainedTokenizerBase) -> dict[str, Any]:
+    """toyworld's neutral prompts of each stage, on separate streams (eval from held-out combinations)."""
+    from steerheal.toyworld import world
+    from steerheal.toyworld.load import chat_prompts
+
+    seed = config.seed
+    return {
+        "calibration_prompts": chat_prompts(tok, world.neutral_prompts(config.dose.n_prompts, seed, "calibration")),
+        "eval_prompts": chat_prompts(tok, world.neutral_prompts(config.verify.n_prompts, seed, "eval")),
+        "eval_users": world.neutral_prompts(config.verify.n_prompts, seed, "eval"),
+        "train_prompts": lambda round_: chat_prompts(
+            tok, world.neutral_prompts(config.n_pairs, seed, f"train{round_}")
+        ),
+    }
+
+
+def shipped_prompts() -> list[str]:
+    """steerheal's 280 neutral user prompts (data/neutral_prompts.txt)."""
+    text = resources.files("steerheal.data").joinpath("neutral_prompts.txt").read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def neutral_prompts(config: RunConfig, tok: PreTrainedTokenizerBase, prompts: list[str], what: str) -> dict[str, Any]:
+    """Calibration, per-round training and held-out prompts split from one list (`_split_prompts`), templated."""
+    calibration, train, held_out = _split_prompts(config, prompts, what)
+
+    def train_prompts(round_: int) -> list[str]:
+        return _templated(tok, [train[(round_ * config.n_pairs + i) % len(train)] for i in range(config.n_pairs)])
+
+    return {
+        "calibration_prompts": _templated(tok, calibration),
+        "eval_prompts": _templated(tok, held_out),
+        "eval_users": list(held_out),
+        "train_prompts": train_prompts,
+    }
 
 
 def _split_prompts(config: RunConfig, prompts: list[str], what: str) -> tuple[list[str], list[str], list[str]]:
@@ -116,30 +183,26 @@ def _persona_concept(
     off: tuple[str, str],
     prompts: list[str],
 ) -> Concept:
-    calibration, train, held_out = _split_prompts(config, prompts, name)
+    _, train, _ = _split_prompts(config, prompts, name)
     extract = train[: config.concept.n_extract]  # the teacher is read from the training prompts only
     pos_texts, neg_texts = persona_contrast(tok, *pos, extract)
     off_pos, off_neg = persona_contrast(tok, *off, extract)
-
-    def train_prompts(round_: int) -> list[str]:
-        return _templated(tok, [train[(round_ * config.n_pairs + i) % len(train)] for i in range(config.n_pairs)])
-
     return Concept(
         name=name,
         teacher=Contrast(pos_texts, neg_texts, "prompt_end"),
         off_target=Contrast(off_pos, off_neg, "prompt_end"),
-        calibration_prompts=_templated(tok, calibration),
-        eval_prompts=_templated(tok, held_out),
-        eval_users=list(held_out),
-        train_prompts=train_prompts,
+        **neutral_prompts(config, tok, prompts, name),
         judge=None,
     )
 
 
-def build_concept(config: RunConfig, tok: PreTrainedTokenizerBase, workdir: Path | None = None) -> Concept:
+def build_concept(
+    config: RunConfig, tok: PreTrainedTokenizerBase, workdir: Path | None = None, model: nn.Module | None = None
+) -> Concept:
     """The run's concept, with the corpus its readouts are checked on (toyworld's own mood corpus, written
-    into `workdir`, or `verify.corpus`)."""
-    concept = _concept(config, tok)
+    into `workdir`, `verify.corpus`, or the corpus a corpus/readout/vector source reads). Given the model, a
+    saved direction is checked to fit it."""
+    concept = _concept(config, tok, model)
     if not config.verify.readout:
         return concept
     from steerheal.read.corpus import Corpus
@@ -170,20 +233,22 @@ def _write_atomically(folder: Path, write: Callable[[Path], Any]) -> None:
         raise os_error(err, folder, "write") from err
 
 
-def _concept(config: RunConfig, tok: PreTrainedTokenizerBase) -> Concept:
+def _concept(config: RunConfig, tok: PreTrainedTokenizerBase, model: nn.Module | None) -> Concept:
     c = config.concept
     if c.source == "toyworld":
         return _toyworld(config, tok)
+    if c.source in ("corpus", "readout", "vector"):
+        from steerheal.loop.sources import source_concept
+
+        return source_concept(config, tok, model)
     if c.source == "builtin":
-        text = resources.files("steerheal.data").joinpath("neutral_prompts.txt").read_text(encoding="utf-8")
-        prompts = [line.strip() for line in text.splitlines() if line.strip()]
         return _persona_concept(
             config,
             tok,
             "builtin joyful vs gloomy persona",
             (BUILTIN_POS, BUILTIN_NEG),
             (BUILTIN_OFF_POS, BUILTIN_OFF_NEG),
-            prompts,
+            shipped_prompts(),
         )
     if c.source == "persona":
         from steerheal.read.persona_files import Persona
@@ -199,4 +264,4 @@ def _concept(config: RunConfig, tok: PreTrainedTokenizerBase) -> Concept:
             (off.system_pos, off.system_neg),
             list(persona.prompts),
         )
-    raise SteerhealError(f"concept.source={c.source!r}: use toyworld, persona or builtin")
+    raise SteerhealError(f"concept.source={c.source!r}: use toyworld, persona, builtin, corpus, readout or vector")
