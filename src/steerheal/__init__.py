@@ -52,6 +52,7 @@ with _shape_checked():
     from steerheal.lm.load import load_model
     from steerheal.lm.tiny import TINY_ARCHS, tiny_model
     from steerheal.log import verbose
+    from steerheal.loop import concept_parts as _concept_parts  # noqa: F401 (imported to be shape-checked)
     from steerheal.loop import report as _report  # noqa: F401 (imported to be shape-checked)
     from steerheal.loop import source_checks as _source_checks  # noqa: F401 (imported to be shape-checked)
     from steerheal.loop import sources as _sources  # noqa: F401 (imported to be shape-checked)

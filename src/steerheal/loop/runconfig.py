@@ -186,7 +186,10 @@ def compared(data: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in normal.items() if k not in NOT_COMPARED}
 
 
-PATH_FIELDS = {"runs_dir", "persona_file", "off_target_file", "corpus", "readout", "vector"}
+def _is_path(hint: Any) -> bool:
+    """A field typed Path or Path | None (by its type: `readout` is a folder in ConceptConfig, a flag in
+    VerifyConfig)."""
+    return hint is Path or Path in typing.get_args(hint)
 
 
 def _build(kind: Any, value: Any, where: str) -> Any:
@@ -203,7 +206,7 @@ def _build(kind: Any, value: Any, where: str) -> Any:
             kwargs[name] = _build(hint, raw, f"{where}.{name}")
         elif isinstance(raw, list):
             kwargs[name] = tuple(raw)
-        elif name in PATH_FIELDS and raw is not None:
+        elif _is_path(hint) and raw is not None:
             kwargs[name] = Path(raw)
         else:
             kwargs[name] = raw

@@ -28,16 +28,16 @@ from transformers import PreTrainedTokenizerBase
 from steerheal.errors import SteerhealError
 from steerheal.lm.fingerprint import warn_if_made_for_another
 from steerheal.lm.texts import Text
-from steerheal.loop.concepts import (
+from steerheal.loop.concept_parts import (
     BUILTIN_OFF_NEG,
     BUILTIN_OFF_POS,
     Concept,
     Contrast,
-    _persona_concept,
-    _split_prompts,
     mood_judge,
     neutral_prompts,
+    persona_concept,
     shipped_prompts,
+    split_prompts,
     toyworld_prompts,
 )
 from steerheal.loop.runconfig import RunConfig
@@ -201,7 +201,7 @@ def _vector(config: RunConfig, tok: PreTrainedTokenizerBase) -> Concept:
         from steerheal.read.persona_files import Persona
 
         persona, off = Persona.load(c.persona_file), Persona.load(c.off_target_file)
-        concept = _persona_concept(
+        concept = persona_concept(
             config,
             tok,
             f"vector {c.vector.name} (persona {persona.name})",
@@ -212,7 +212,7 @@ def _vector(config: RunConfig, tok: PreTrainedTokenizerBase) -> Concept:
     else:
         prompts = _prompts(config, tok)
         users = shipped_prompts() if config.model != "toyworld" else None
-        extract = _split_prompts(config, users, "prompts")[1] if users else _toyworld_users(config)
+        extract = split_prompts(config, users, "prompts")[1] if users else _toyworld_users(config)
         off_pos, off_neg = persona_contrast(tok, BUILTIN_OFF_POS, BUILTIN_OFF_NEG, extract[: c.n_extract])
         concept = Concept(
             name=f"vector {c.vector.name} (off-target builtin formal vs casual persona)",
