@@ -52,7 +52,10 @@ with _shape_checked():
     from steerheal.lm.load import load_model
     from steerheal.lm.tiny import TINY_ARCHS, tiny_model
     from steerheal.log import verbose
+    from steerheal.loop import concept_parts as _concept_parts  # noqa: F401 (imported to be shape-checked)
     from steerheal.loop import report as _report  # noqa: F401 (imported to be shape-checked)
+    from steerheal.loop import source_checks as _source_checks  # noqa: F401 (imported to be shape-checked)
+    from steerheal.loop import sources as _sources  # noqa: F401 (imported to be shape-checked)
     from steerheal.loop.rounds import run
     from steerheal.loop.runconfig import RunConfig, preset
     from steerheal.loop.saved import load_run
@@ -61,6 +64,7 @@ with _shape_checked():
     from steerheal.read.persona import persona_contrast
     from steerheal.read.persona_files import Persona, load_personas
     from steerheal.read.readout import Readout
+    from steerheal.read.readout_open import open_readout as _open_readout  # noqa: F401 (shape-checked)
     from steerheal.read.vector import Vector
     from steerheal.toyworld import report as _toyworld_report  # noqa: F401 (imported to be shape-checked)
     from steerheal.training.heal import HealConfig, HealResult, heal

@@ -148,9 +148,8 @@ def _checked(config: RunConfig) -> None:
 
 
 def command_extract(args: list[str]) -> None:
-    from steerheal.loop.concepts import build_concept
+    from steerheal.loop.concepts import build_concept, round_teacher
     from steerheal.loop.model_spec import open_model
-    from steerheal.read.vector import Vector
 
     out = _take(args, "--out")
     if out is None and not ({"-h", "--help"} & set(args)):
@@ -158,10 +157,7 @@ def command_extract(args: list[str]) -> None:
     config, _ = run_config(args, "steerheal extract --out DIR", "Read the concept's teacher vector and save it.")
     _checked(config)
     model, tok = open_model(config.model, config.quant, config.device, config.seed)
-    teacher = build_concept(config, tok).teacher
-    vector = Vector.train(
-        model, tok, teacher.pos, teacher.neg, config.concept.layers, config.concept.method, teacher.position
-    )
+    vector = round_teacher(build_concept(config, tok, model=model), model, tok, config, 0)
     vector.save(Path(out))  # type: ignore[arg-type]
     print(f"{vector} -> {out}")
 

@@ -8,7 +8,6 @@ the tiny architectures' builder, a hub model's cached config when there is one).
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,10 @@ import torch
 
 from steerheal.dose.calibrate import STATS
 from steerheal.errors import SteerhealError
-from steerheal.lm.tiny import TINY_ARCHS, tiny_model
+from steerheal.lm.tiny import TINY_ARCHS
+from steerheal.loop.model_spec import model_sizes
 from steerheal.loop.runconfig import RunConfig
+from steerheal.loop.source_checks import check_source
 from steerheal.read.aggregate import METHODS
 
 # (rule, fields): each field (a dotted path in RunConfig) must satisfy the rule; None passes where allowed
@@ -82,7 +83,7 @@ FRACTION = [
 ]
 OPEN_FRACTION = ["dose.tol", "dose.walk_factor"]  # in (0, 1)
 CHOICES: dict[str, tuple[Any, ...]] = {
-    "concept.source": ("toyworld", "persona", "builtin"),
+    "concept.source": ("toyworld", "persona", "builtin", "corpus", "readout", "vector"),
     "concept.method": METHODS,
     "dose.stat": STATS,
     "quant": (None, "4bit", "8bit"),
@@ -131,21 +132,7 @@ def check_name(name: str) -> None:
 def model_layers(spec: str) -> int | None:
     """The number of decoder blocks of a model spec, from its config alone; None when it cannot be read here
     (a hub model not in the local cache: loading it reports that)."""
-    from transformers import AutoConfig
-
-    if spec.startswith("tiny:"):
-        return int(inspect.signature(tiny_model).parameters["n_layers"].default)
-    if spec == "toyworld":
-        from steerheal.toyworld.load import checkpoint_dir
-
-        source = str(checkpoint_dir())
-    else:
-        source = spec
-    try:
-        config = AutoConfig.from_pretrained(source, local_files_only=True)
-    except (OSError, ValueError):
-        return None
-    layers = getattr(config.get_text_config(), "num_hidden_layers", None)
+    layers = (model_sizes(spec) or {}).get("n_layers")
     return int(layers) if isinstance(layers, int) else None
 
 
@@ -196,6 +183,7 @@ def _check_files(config: RunConfig) -> None:
                 raise _fail(path, _get(config, path), f"not a toyworld mood (one of {list(MOODS)})")
         if c.mood == c.off_target_mood:
             raise SteerhealError("--concept.off-target-mood must differ from --concept.mood")
+    check_source(config)
 
 
 def validate(config: RunConfig) -> None:

@@ -6,6 +6,7 @@ Every stage gets its own prompts, so nothing the student is trained on is used t
 - calibration and pairs: neutral prompts, a fresh draw per round for the pairs;
 - verification: held-out neutral prompts, the same every round.
 An off-target contrast (another mood; another persona) gives the control that should not move.
+The sources that start from a saved direction (a readout's row, a Vector) are built in `sources.py`.
 """
 
 from __future__ import annotations
@@ -13,60 +14,35 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from importlib import resources
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from steerheal.errors import SteerhealError
 from steerheal.files import os_error
-from steerheal.lm.texts import Text
+from steerheal.loop.concept_parts import (
+    BUILTIN_NEG,
+    BUILTIN_OFF_NEG,
+    BUILTIN_OFF_POS,
+    BUILTIN_POS,
+    Concept,
+    Contrast,
+    mood_judge,
+    persona_concept,
+    round_teacher,
+    shipped_prompts,
+    toyworld_prompts,
+)
 from steerheal.loop.runconfig import RunConfig
-from steerheal.read.persona import persona_contrast
 
-BUILTIN_POS = "You are joyful, warm and full of delight."
-BUILTIN_NEG = "You are gloomy, cold and full of dread."
-BUILTIN_OFF_POS = "You are formal, precise and terse."
-BUILTIN_OFF_NEG = "You are casual, chatty and loose."
-
-
-@dataclass(frozen=True)
-class Contrast:
-    pos: list[Text]
-    neg: list[Text]
-    position: str
-
-
-@dataclass(frozen=True)
-class Concept:
-    name: str
-    teacher: Contrast
-    off_target: Contrast
-    calibration_prompts: list[str]
-    eval_prompts: list[str]
-    train_prompts: Callable[[int], list[str]]  # round -> the prompts of that round's pairs
-    judge: Callable[[list[str]], dict[str, float]] | None  # exact metrics of completions, where truth is known
-    corpus: Any = None  # a Corpus to check readout survival on, or None
-    eval_users: list[str] | None = (
-        None  # the held-out prompts as the user wrote them (no chat template): judges read these
-    )
-
-
-def _templated(tok: PreTrainedTokenizerBase, users: list[str]) -> list[str]:
-    if tok.chat_template is None:
-        return list(users)
-    return [
-        tok.apply_chat_template([{"role": "user", "content": u}], tokenize=False, add_generation_prompt=True)
-        for u in users
-    ]
+__all__ = ["Concept", "Contrast", "build_concept", "round_teacher"]
 
 
 def _toyworld(config: RunConfig, tok: PreTrainedTokenizerBase) -> Concept:
     from steerheal.toyworld import world
-    from steerheal.toyworld.load import chat_prompts
-    from steerheal.toyworld.metrics import grammar_ok, mood_rates
 
     c = config.concept
     for mood in (c.mood, c.off_target_mood):
@@ -75,71 +51,22 @@ def _toyworld(config: RunConfig, tok: PreTrainedTokenizerBase) -> Concept:
     if c.mood == c.off_target_mood:
         raise SteerhealError("concept.off_target_mood must differ from concept.mood")
     seed = config.seed
-
-    def judge(texts: list[str]) -> dict[str, float]:
-        rates = mood_rates(texts)
-        return {
-            "mood_rate": rates[c.mood],
-            "off_target_mood_rate": rates[c.off_target_mood],
-            "grammar_ok": sum(map(grammar_ok, texts)) / len(texts),
-        }
-
     return Concept(
         name=f"toyworld {c.mood}",
         teacher=Contrast(*world.contrast_set(c.mood, c.n_extract, seed), "mean"),
         off_target=Contrast(*world.contrast_set(c.off_target_mood, c.n_extract, seed), "mean"),
-        calibration_prompts=chat_prompts(tok, world.neutral_prompts(config.dose.n_prompts, seed, "calibration")),
-        eval_prompts=chat_prompts(tok, world.neutral_prompts(config.verify.n_prompts, seed, "eval")),
-        eval_users=world.neutral_prompts(config.verify.n_prompts, seed, "eval"),
-        train_prompts=lambda round_: chat_prompts(tok, world.neutral_prompts(config.n_pairs, seed, f"train{round_}")),
-        judge=judge,
+        **toyworld_prompts(config, tok),
+        judge=mood_judge(c.mood, c.off_target_mood),
     )
 
 
-def _split_prompts(config: RunConfig, prompts: list[str], what: str) -> tuple[list[str], list[str], list[str]]:
-    """(calibration, train, eval) from one prompt list, disjoint: calibration from the start, eval held out at the
-    end, training in between (nothing the student is trained on or dosed with is used to judge it)."""
-    n_eval, n_cal = config.verify.n_prompts, config.dose.n_prompts
-    if len(prompts) < n_eval + n_cal + 2:
-        raise SteerhealError(
-            f"{what} has {len(prompts)} prompts; the run needs verify.n_prompts={n_eval} held out, "
-            f"dose.n_prompts={n_cal} for calibration and at least 2 more for pairs. Add prompts or lower those numbers."
-        )
-    return prompts[:n_cal], prompts[n_cal : len(prompts) - n_eval], prompts[len(prompts) - n_eval :]
-
-
-def _persona_concept(
-    config: RunConfig,
-    tok: PreTrainedTokenizerBase,
-    name: str,
-    pos: tuple[str, str],
-    off: tuple[str, str],
-    prompts: list[str],
+def build_concept(
+    config: RunConfig, tok: PreTrainedTokenizerBase, workdir: Path | None = None, model: nn.Module | None = None
 ) -> Concept:
-    calibration, train, held_out = _split_prompts(config, prompts, name)
-    extract = train[: config.concept.n_extract]  # the teacher is read from the training prompts only
-    pos_texts, neg_texts = persona_contrast(tok, *pos, extract)
-    off_pos, off_neg = persona_contrast(tok, *off, extract)
-
-    def train_prompts(round_: int) -> list[str]:
-        return _templated(tok, [train[(round_ * config.n_pairs + i) % len(train)] for i in range(config.n_pairs)])
-
-    return Concept(
-        name=name,
-        teacher=Contrast(pos_texts, neg_texts, "prompt_end"),
-        off_target=Contrast(off_pos, off_neg, "prompt_end"),
-        calibration_prompts=_templated(tok, calibration),
-        eval_prompts=_templated(tok, held_out),
-        eval_users=list(held_out),
-        train_prompts=train_prompts,
-        judge=None,
-    )
-
-
-def build_concept(config: RunConfig, tok: PreTrainedTokenizerBase, workdir: Path | None = None) -> Concept:
     """The run's concept, with the corpus its readouts are checked on (toyworld's own mood corpus, written
-    into `workdir`, or `verify.corpus`)."""
-    concept = _concept(config, tok)
+    into `workdir`, `verify.corpus`, or the corpus a corpus/readout/vector source reads). Given the model, a
+    saved direction is checked to fit it."""
+    concept = _concept(config, tok, model)
     if not config.verify.readout:
         return concept
     from steerheal.read.corpus import Corpus
@@ -170,20 +97,22 @@ def _write_atomically(folder: Path, write: Callable[[Path], Any]) -> None:
         raise os_error(err, folder, "write") from err
 
 
-def _concept(config: RunConfig, tok: PreTrainedTokenizerBase) -> Concept:
+def _concept(config: RunConfig, tok: PreTrainedTokenizerBase, model: nn.Module | None) -> Concept:
     c = config.concept
     if c.source == "toyworld":
         return _toyworld(config, tok)
+    if c.source in ("corpus", "readout", "vector"):
+        from steerheal.loop.sources import source_concept
+
+        return source_concept(config, tok, model)
     if c.source == "builtin":
-        text = resources.files("steerheal.data").joinpath("neutral_prompts.txt").read_text(encoding="utf-8")
-        prompts = [line.strip() for line in text.splitlines() if line.strip()]
-        return _persona_concept(
+        return persona_concept(
             config,
             tok,
             "builtin joyful vs gloomy persona",
             (BUILTIN_POS, BUILTIN_NEG),
             (BUILTIN_OFF_POS, BUILTIN_OFF_NEG),
-            prompts,
+            shipped_prompts(),
         )
     if c.source == "persona":
         from steerheal.read.persona_files import Persona
@@ -191,7 +120,7 @@ def _concept(config: RunConfig, tok: PreTrainedTokenizerBase) -> Concept:
         if c.persona_file is None or c.off_target_file is None:
             raise SteerhealError("concept.source='persona' needs concept.persona_file and concept.off_target_file")
         persona, off = Persona.load(c.persona_file), Persona.load(c.off_target_file)
-        return _persona_concept(
+        return persona_concept(
             config,
             tok,
             f"persona {persona.name}",
@@ -199,4 +128,4 @@ def _concept(config: RunConfig, tok: PreTrainedTokenizerBase) -> Concept:
             (off.system_pos, off.system_neg),
             list(persona.prompts),
         )
-    raise SteerhealError(f"concept.source={c.source!r}: use toyworld, persona or builtin")
+    raise SteerhealError(f"concept.source={c.source!r}: use toyworld, persona, builtin, corpus, readout or vector")

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from steerheal.errors import SteerhealError
@@ -30,3 +33,32 @@ def open_model(
     if spec.startswith(TINY_PREFIX):
         return tiny_model(spec.removeprefix(TINY_PREFIX), seed=seed)
     return load_model(spec, quant=quant, device=device)
+
+
+def model_sizes(spec: str) -> dict[str, Any] | None:
+    """The model's identity from its config alone, without weights: `n_layers`, `hidden_size` and (except for
+    tiny models, built in code) `architecture` and `vocab_size`; None when it cannot be read here (a hub model
+    not in the local cache, a registry model before its first load: loading it checks the rest)."""
+    from transformers import AutoConfig
+
+    if spec.startswith(TINY_PREFIX):
+        defaults = inspect.signature(tiny_model).parameters
+        return {"n_layers": int(defaults["n_layers"].default), "hidden_size": int(defaults["hidden_size"].default)}
+    if spec == TOYWORLD:
+        from steerheal.toyworld.load import checkpoint_dir
+
+        source = str(checkpoint_dir())
+    else:
+        source = spec
+    try:
+        config = AutoConfig.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError):
+        return None
+    text = config.get_text_config()
+    sizes = {
+        "n_layers": getattr(text, "num_hidden_layers", None),
+        "hidden_size": getattr(text, "hidden_size", None),
+        "vocab_size": getattr(text, "vocab_size", None),
+        "architecture": (getattr(config, "architectures", None) or [None])[0],
+    }
+    return {k: v for k, v in sizes.items() if v is not None}

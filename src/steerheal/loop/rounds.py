@@ -34,7 +34,7 @@ from steerheal.errors import SteerhealError
 from steerheal.files import atomic_write_bytes, atomic_write_json, read_json
 from steerheal.log import logger, stage
 from steerheal.loop.checks import validate
-from steerheal.loop.concepts import Concept, build_concept
+from steerheal.loop.concepts import Concept, build_concept, round_teacher
 from steerheal.loop.frontier_run import has_frontier, run_frontier
 from steerheal.loop.lock import RunLock, writes_run
 from steerheal.loop.model_spec import open_model
@@ -124,11 +124,9 @@ class Loop:
         folder = self.run.round_dir(k)
         folder.mkdir(parents=True, exist_ok=True)
         self.run.log({"event": "round_start", "round": k, "seed": seed})
-        teacher, times = concept.teacher, {}
+        times: dict[str, float] = {}
         with stage(f"round {k} extract", times):
-            vector = Vector.train(
-                model, tok, teacher.pos, teacher.neg, c.concept.layers, c.concept.method, teacher.position
-            )
+            vector = round_teacher(concept, model, tok, c, k)
         target = c.dose.target(k)
         with stage(f"round {k} calibrate", times):
             calibrate_dose(vector, model, tok, concept.calibration_prompts, c.dose, k, seed, c.sampling.batch_size)
@@ -295,7 +293,7 @@ def _run(config: RunConfig, root: Path, overwrite: bool, resume: bool) -> RunRes
         f"{root / CONFIG}"
     )
     model, tok = open_model(config.model, config.quant, config.device, config.seed)
-    concept = build_concept(config, tok, run_dir.root)
+    concept = build_concept(config, tok, run_dir.root, model)
     if config.loose_filters:
         logger.warning(f"filters loosened for this run: {_filters(config).to_dict()}")
     run_dir.log(

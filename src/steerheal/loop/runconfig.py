@@ -32,8 +32,9 @@ class ConceptConfig:
     """What concept to distil, read from what texts."""
 
     source: str = "toyworld"
-    """toyworld (paired mood stories of the shipped world), persona (a corpus/personas JSON file), or
-    builtin (a joyful/gloomy persona contrast over steerheal's 280 shipped neutral user prompts)."""
+    """toyworld (paired mood stories of the shipped world), persona (a corpus/personas JSON file), builtin (a
+    joyful/gloomy persona contrast over steerheal's 280 shipped neutral user prompts), corpus (one concept of a
+    corpus folder), readout (one concept of a saved readout) or vector (a saved Vector folder)."""
     mood: str = "joy"
     """toyworld: the mood to distil."""
     off_target_mood: str = "anger"
@@ -42,6 +43,22 @@ class ConceptConfig:
     """persona: the contrast to distil (system_pos, system_neg, prompts)."""
     off_target_file: Path | None = None
     """persona: another contrast that should not move (the off-target control)."""
+    corpus: Path | None = None
+    """corpus: the corpus folder (corpus/ layout). readout and vector: the corpus later rounds re-extract from
+    (a readout's recorded corpus is used when this is unset)."""
+    name: str | None = None
+    """corpus and readout: the concept to distil. vector: its concept in `corpus`, when re-extracting from one."""
+    off_target_name: str | None = None
+    """corpus, readout, vector with a corpus: another concept that should not move. None: the least similar one
+    (readout: the row closest to orthogonal; corpus: the concept whose texts share the fewest words)."""
+    readout: Path | None = None
+    """readout: a readout folder (steerheal's, or a foreign tool's serving format)."""
+    vector: Path | None = None
+    """vector: a folder written by Vector.save."""
+    reextract: bool = True
+    """readout and vector: re-extract the teacher on the student every round from `corpus` (or the readout's
+    recorded corpus, or the persona files). False (--concept.no-reextract): every round steers with the saved
+    direction."""
     n_extract: int = 64
     """Contrast pairs the teacher vector is read from (toyworld: paired stories; persona and builtin: the first
     training prompts under both system prompts)."""
@@ -169,7 +186,10 @@ def compared(data: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in normal.items() if k not in NOT_COMPARED}
 
 
-PATH_FIELDS = {"runs_dir", "persona_file", "off_target_file", "corpus"}
+def _is_path(hint: Any) -> bool:
+    """A field typed Path or Path | None (by its type: `readout` is a folder in ConceptConfig, a flag in
+    VerifyConfig)."""
+    return hint is Path or Path in typing.get_args(hint)
 
 
 def _build(kind: Any, value: Any, where: str) -> Any:
@@ -186,7 +206,7 @@ def _build(kind: Any, value: Any, where: str) -> Any:
             kwargs[name] = _build(hint, raw, f"{where}.{name}")
         elif isinstance(raw, list):
             kwargs[name] = tuple(raw)
-        elif name in PATH_FIELDS and raw is not None:
+        elif _is_path(hint) and raw is not None:
             kwargs[name] = Path(raw)
         else:
             kwargs[name] = raw

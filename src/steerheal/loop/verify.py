@@ -78,6 +78,21 @@ def concept_score(
         return float(vector.project(model, tok, nonempty, position="mean").mean())
 
 
+def _mean(values: dict[int, float]) -> float | None:
+    """The mean over layers; None when nothing was measured (no contrast texts to re-read the teacher from)."""
+    return sum(values.values()) / len(values) if values else None
+
+
+def off_target_vector(model: nn.Module, tok: PreTrainedTokenizerBase, concept: Concept, teacher: Vector) -> Vector:
+    """The control: a saved off-target direction, or one read from the off-target contrast on the model as it is."""
+    if concept.off_target_vector is not None:
+        return concept.off_target_vector
+    if concept.off_target is None:
+        raise SteerhealError(f"{concept.name}: no off-target contrast or direction")
+    o = concept.off_target
+    return Vector.train(model, tok, o.pos, o.neg, teacher.layers, teacher.method, o.position)
+
+
 def cosines(a: Vector, b: Vector) -> dict[int, float]:
     return {layer: float(a.directions[layer] @ b.directions[layer]) for layer in a.layers if layer in b.directions}
 
@@ -236,15 +251,7 @@ def build_reference(
     prompts = concept.eval_prompts
     max_new_tokens, batch_size = config.verify.max_new_tokens, config.sampling.batch_size
     with adapter.reference("base"):
-        off = Vector.train(
-            model,
-            tok,
-            concept.off_target.pos,
-            concept.off_target.neg,
-            teacher.layers,
-            teacher.method,
-            concept.off_target.position,
-        )
+        off = off_target_vector(model, tok, concept, teacher)
         base = generate(model, tok, prompts, seed, max_new_tokens, batch_size)
         with teacher.steer(model):
             steered = generate(model, tok, prompts, seed, max_new_tokens, batch_size)
@@ -257,7 +264,7 @@ def build_reference(
     judged = {}
     if concept.judge is not None:
         judged = {"base": concept.judge(base.texts), "steered": concept.judge(steered.texts)}
-    ceiling = noise_ceiling(model, adapter, tok, concept.teacher, teacher)
+    ceiling = noise_ceiling(model, adapter, tok, concept.teacher, teacher) if concept.teacher is not None else {}
     readout = None
     if concept.corpus is not None:
         readout = base_readout(model, adapter, tok, concept.corpus, teacher.layers, seed)
@@ -285,14 +292,18 @@ def verify_round(
         raise SteerhealError("verify: a steering hook is active; the student must be judged unsteered")
     prompts = concept.eval_prompts
     teacher = concept.teacher
-    vector = Vector.train(
-        model, tok, teacher.pos, teacher.neg, reference.teacher.layers, reference.teacher.method, teacher.position
+    vector = (
+        Vector.train(
+            model, tok, teacher.pos, teacher.neg, reference.teacher.layers, reference.teacher.method, teacher.position
+        )
+        if teacher is not None
+        else None
     )
     student = generate(model, tok, prompts, seed, max_new_tokens, batch_size)
     s = reference.scores
     trait = concept_score(model, adapter, tok, reference.teacher, student.texts)
     off = concept_score(model, adapter, tok, reference.off_target, student.texts)
-    wander = cosines(vector, reference.teacher)
+    wander = cosines(vector, reference.teacher) if vector is not None else {}
     inside = internalisation(model, adapter, tok, prompts, reference.teacher)
     metrics: dict[str, Any] = {
         "trait": {"base": s["trait_base"], "steered": s["trait_steered"], "student": trait},
@@ -306,8 +317,8 @@ def verify_round(
         "direction": {
             "cos_to_round0": wander,
             "noise_ceiling": reference.ceiling,
-            "cos_to_round0_mean": sum(wander.values()) / len(wander),
-            "noise_ceiling_mean": sum(reference.ceiling.values()) / len(reference.ceiling),
+            "cos_to_round0_mean": _mean(wander),
+            "noise_ceiling_mean": _mean(reference.ceiling),
         },
         "internalisation": {**inside, "cos_mean": sum(inside["cos"].values()) / len(inside["cos"])},
         "coherence": {
