@@ -220,8 +220,9 @@ SHIPPED = Path(__file__).resolve().parent.parent / "corpus"
 
 
 def test_the_shipped_corpora_load_and_meet_the_issue():
-    """corpus/emotions: >= 24 concepts, >= 3 stories each, >= 6 paired scenarios with a baseline and >= 4
-    concepts, a neutral pool; corpus/personas: >= 2 contrasts over >= 40 prompts."""
+    """corpus/emotions: >= 24 concepts, >= 16 texts each (>= 8 stories, 2 paired, >= 6 direct; issue 22), >= 6
+    paired scenarios with a baseline and >= 4 concepts, a neutral pool of >= 64; corpus/personas: >= 2 contrasts
+    over >= 40 prompts."""
     emotions = SHIPPED / "emotions"
     assert emotions.is_dir(), f"{emotions} is missing (issue 7 ships it)"
     corpus = sh.Corpus.load(emotions)
@@ -229,11 +230,14 @@ def test_the_shipped_corpora_load_and_meet_the_issue():
     concepts = stats.filter(stats["concept"] != "(neutral)")
     assert len(corpus.concepts) >= 24
     assert concepts["stories"].min() >= 3, concepts.filter(concepts["stories"] < 3)["concept"].to_list()
+    assert concepts["texts"].min() >= 16, concepts.filter(concepts["texts"] < 16)["concept"].to_list()
+    assert concepts["stories"].min() >= 8 and concepts["direct"].min() >= 6
+    assert (concepts["paired"] == 2).all()  # every concept in exactly two scenarios (README)
     scenarios = sorted(p for p in (emotions / "paired").iterdir() if p.is_dir())
     assert len(scenarios) >= 6
     for scenario in scenarios:
         assert len([p for p in scenario.glob("*.txt") if p.stem != "baseline"]) >= 4, scenario.name
     pool = [s for group in corpus.sources for s in group if s.kind == "pool"]
-    assert len(pool) >= 5
+    assert len(pool) >= 64
     personas = sh.load_personas(SHIPPED / "personas")
     assert len(personas) >= 2 and all(len(p.prompts) >= 40 for p in personas.values())
