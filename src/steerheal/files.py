@@ -168,3 +168,15 @@ def steerheal_version() -> str:
 def provenance() -> dict[str, str | None]:
     """What every saved file records about the code that wrote it."""
     return {"steerheal_version": steerheal_version(), "git_commit": git_commit()}
+
+
+def defined(value: Any) -> Any:
+    """`value` with every non-finite float as None (a score of no text, an infinite perplexity): undefined reads
+    as undefined, and the result is valid JSON."""
+    if isinstance(value, dict):
+        return {k: defined(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [defined(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

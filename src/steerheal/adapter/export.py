@@ -33,9 +33,8 @@ def export_peft(
     current: float = 1.0,
     overwrite: bool = False,
 ) -> Path:
-    """One standard peft LoRA adapter (`PeftModel.from_pretrained(base, directory)`) equal to the student at
-    these gates: every round's factors concatenated, each B scaled by gate · alpha / r, lora_alpha = r.
-    A non-empty `directory` that is not a previous export is refused unless `overwrite`."""
+    """`GatedLoRA.export_peft` (its docstring says what): the rounds' factors concatenated, gates folded into B,
+    written with a steerheal_export.json beside peft's files."""
     with quiet_bitsandbytes():  # peft imports bitsandbytes
         from peft import LoraConfig
 
@@ -87,12 +86,7 @@ def bake(
     current: float = 1.0,
     device: str = "cpu",
 ) -> PreTrainedModel:
-    """A new dense model equal to the student at these gates, with no adapters and no quantisation.
-
-    4-bit weights are de-quantised and every merge is done in float32; `dtype` below float32 casts the
-    sum at the end, and the rounding it made (relative to the adapters' own deltas) is logged and kept
-    in `last_bake_report`. The base and its adapters are left as they were.
-    """
+    """`GatedLoRA.bake` (its docstring says what): the 8-bit refusal, the float32 merge, the rounding report."""
     if quantization(adapter.model) == "8bit":
         raise SteerhealError(
             "bake: the base is 8-bit; steerheal de-quantises only 4-bit bases. Load the base unquantised (or in "

@@ -65,17 +65,6 @@ def mean(values: Sequence[float]) -> float:
     return math.fsum(values) / len(values) if values else math.nan
 
 
-def defined(value: Any) -> Any:
-    """`value` with every non-finite float as None: valid JSON, and undefined reads as undefined."""
-    if isinstance(value, Mapping):
-        return {k: defined(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [defined(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def require(module: str, package: str) -> Any:
     """Import an optional dependency of the judges, or say which extra installs it."""
     try:

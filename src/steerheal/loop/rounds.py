@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import math
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from steerheal.dose.filters import FilterConfig
 from steerheal.dose.pairs import write_pairs
 from steerheal.dose.walk import dose_walk, walk_and_pair
 from steerheal.errors import SteerhealError
-from steerheal.files import atomic_write_bytes, atomic_write_json, read_json
+from steerheal.files import atomic_write_bytes, atomic_write_json, defined, read_json
 from steerheal.log import logger, stage
 from steerheal.loop.checks import validate
 from steerheal.loop.concepts import Concept, build_concept, round_teacher
@@ -59,18 +58,6 @@ class RunResult:
     rounds: list[int]
     stop_reason: str
     metrics: list[dict[str, Any]]
-
-
-def defined(value: Any) -> Any:
-    """Metrics with every non-finite number (a score of no text, an infinite perplexity) as None: undefined,
-    not a number, and valid JSON."""
-    if isinstance(value, dict):
-        return {k: defined(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [defined(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _filters(config: RunConfig) -> FilterConfig:

@@ -12,12 +12,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from steerheal.adapter.gated import GatedLoRA
 from steerheal.boundary import checked
 from steerheal.errors import SteerhealError
-from steerheal.files import read_json
+from steerheal.files import defined, read_json
 from steerheal.loop.concepts import build_concept
 from steerheal.loop.frontier_run import run_frontier
 from steerheal.loop.lock import RunLock
 from steerheal.loop.model_spec import open_model
-from steerheal.loop.rounds import Loop, defined
+from steerheal.loop.rounds import Loop
 from steerheal.loop.runconfig import RunConfig
 from steerheal.loop.rundir import CONFIG, RunDir, open_existing
 
