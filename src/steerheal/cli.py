@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shlex
 import os
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
