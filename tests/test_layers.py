@@ -41,6 +41,8 @@ def stage_of(module: str) -> str:
     parts = module.split(".")
     if len(parts) == 1:
         return "root"
+    if parts[1] == "__main__":
+        return "cli"  # `python -m steerheal` is the command line
     return "base" if parts[1] in BASE_MODULES else parts[1].removesuffix(".py")
 
 
