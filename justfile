@@ -64,6 +64,10 @@ bench-heal:
 bench-toyworld:
     python bench/toyworld_method.py
 
+# 1 vs 2 processes (torchrun, gloo on CPU) for a reduced toyworld round; --smollm2 adds SmolLM2-135M (docs/benchmarks.md)
+bench-scale *ARGS:
+    python bench/scale.py {{ARGS}}
+
 # reachable KL(steered‖base) of tiny random models against their initializer range (docs/tiny-models.md)
 tiny-init-sweep:
     python bench/tiny_init.py

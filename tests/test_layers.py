@@ -20,7 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "steerheal"
-BASE_MODULES = {"errors", "files", "log", "boundary", "seeds", "typecheck", "data"}
+BASE_MODULES = {"errors", "files", "log", "boundary", "seeds", "typecheck", "data", "dist"}
 # (importer, imported, the method that offers it): upward on purpose, imported inside that method only
 CONVENIENCES = {("steerheal.read.vector", "steerheal.dose.calibrate", "calibrate")}
 # modules the import hook cannot or need not wrap: the hook's own checker, and the CLI (imported by its entry
@@ -41,6 +41,8 @@ def stage_of(module: str) -> str:
     parts = module.split(".")
     if len(parts) == 1:
         return "root"
+    if parts[1] == "__main__":
+        return "cli"  # `python -m steerheal` is the command line
     return "base" if parts[1] in BASE_MODULES else parts[1].removesuffix(".py")
 
 

@@ -33,6 +33,7 @@ def _shape_checked() -> AbstractContextManager[object]:
 
 
 with _shape_checked():
+    from steerheal import dist as _dist  # noqa: F401 (imported to be shape-checked)
     from steerheal import toyworld
     from steerheal.adapter.gated import GatedLoRA
     from steerheal.dose.config import DoseConfig
@@ -65,6 +66,7 @@ with _shape_checked():
     from steerheal.read.persona_files import Persona, load_personas
     from steerheal.read.readout import Readout
     from steerheal.read.readout_open import open_readout as _open_readout  # noqa: F401 (shape-checked)
+    from steerheal.read.sampler import Sampler, TransformersSampler, use_sampler
     from steerheal.read.vector import Vector
     from steerheal.toyworld import report as _toyworld_report  # noqa: F401 (imported to be shape-checked)
     from steerheal.training.heal import HealConfig, HealResult, heal
@@ -84,8 +86,10 @@ __all__ = [
     "PreferencePair",
     "Readout",
     "RunConfig",
+    "Sampler",
     "SamplingConfig",
     "SteerhealError",
+    "TransformersSampler",
     "Vector",
     "__version__",
     "capture",
@@ -105,6 +109,7 @@ __all__ = [
     "sample",
     "tiny_model",
     "toyworld",
+    "use_sampler",
     "verbose",
     "write_pairs",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shlex
 import sys
 from dataclasses import dataclass
@@ -117,6 +118,7 @@ def run_config(args: list[str], prog: str, description: str) -> tuple[RunConfig,
 
 def command_run(args: list[str]) -> None:
     from steerheal.loop import report
+    from steerheal.loop.lock import writes_run
     from steerheal.loop.rounds import run
 
     if "-h" in args or "--help" in args:
@@ -135,6 +137,8 @@ def command_run(args: list[str]) -> None:
         ACTIVE.update(root=one.runs_dir / one.name, args=original)
         result = run(one, overwrite=overwrite, resume=resume)
         ACTIVE.clear()
+        if not writes_run():
+            continue  # rank 0 writes the report and says what happened
         paths = report.build(result.root) if result.rounds else {}
         print(f"{one.model}: rounds {result.rounds}; stopped: {result.stop_reason}; report {paths.get('html', '-')}")
 
@@ -307,7 +311,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 8)))
     ACTIVE.clear()
     was_verbose = is_verbose()
-    verbose(True)  # a program: what it chose and how long each stage took
+    # a program: what it chose and how long each stage took (rank 0 of a multi-process launch speaks for all;
+    # the other ranks log warnings and errors only)
+    verbose(os.environ.get("RANK", "0") == "0")
     try:
         with quiet_bitsandbytes():
             command(args[1:])

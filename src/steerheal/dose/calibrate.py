@@ -29,14 +29,15 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
+from steerheal import dist
 from steerheal.dose.config import DoseConfig
 from steerheal.dose.filters import is_degenerate
 from steerheal.errors import SteerhealError
-from steerheal.lm.generate import sample
 from steerheal.lm.scoring import CompletionBatch, completion_batches, scored_log_probs, token_kl
 from steerheal.lm.texts import Text, encode_prompts
 from steerheal.log import logger
 from steerheal.read.capture import residual_norm
+from steerheal.read.sampler import sampler
 from steerheal.read.vector import Vector
 
 STATS = ("p95", "mean", "rmse", "max")
@@ -64,11 +65,13 @@ def statistic(values: Float[Tensor, " n"], stat: str) -> float:
 
 @dataclass
 class Probe:
-    """Fixed scored tokens: prompts with their unsteered greedy continuations, in left-padded batches."""
+    """Fixed scored tokens: prompts with their unsteered greedy continuations, in left-padded batches. Under a
+    multi-process launch each rank scores the batches `dist.mine` gives it, and the values are gathered."""
 
     items: list[CompletionBatch]
-    base: list[Tensor] | None  # unsteered log-probs at the scored positions, when cached
+    base: dict[int, Tensor] | None  # unsteered log-probs at the scored positions of this rank's batches, if cached
     n_scored: int
+    mine: list[int] = field(default_factory=list)  # the batches this rank scores
 
 
 @torch.no_grad()
@@ -81,27 +84,30 @@ def build_probe(
 ) -> Probe:
     """Generate each prompt's greedy continuation once, and lay out the positions that score it."""
     prompt_ids = encode_prompts(tok, prompts)
-    continuations = sample(model, tok, prompts, temperature=0, max_new_tokens=n_tokens, batch_size=batch_size)
+    continuations = sampler().sample(model, tok, prompts, temperature=0, max_new_tokens=n_tokens, batch_size=batch_size)
     items = completion_batches(tok, prompt_ids, continuations, batch_size)
     n_scored = int(sum(item.scored.sum() for item in items))
+    mine = dist.mine(len(items))
     vocab = model.get_output_embeddings().weight.shape[0]
-    cache = n_scored * vocab * 4 <= BASE_CACHE_BYTES
-    base = [scored_log_probs(model, item) for item in items] if cache else None
+    cache = int(sum(items[i].scored.sum() for i in mine)) * vocab * 4 <= BASE_CACHE_BYTES
+    base = {i: scored_log_probs(model, items[i]) for i in mine} if cache else None
     if not cache:
         logger.info(f"calibrate: {n_scored} x {vocab} unsteered log-probs exceed the cache budget; recomputing them")
-    return Probe(items, base, n_scored)
+    return Probe(items, base, n_scored, mine)
 
 
 @torch.no_grad()
 def kl_values(model: nn.Module, probe: Probe, steer: Steer, C: float) -> Float[Tensor, " n_scored"]:
-    """Per-token KL(steered ‖ unsteered) at every scored position, steering at strength C."""
-    values = []
-    for i, item in enumerate(probe.items):
+    """Per-token KL(steered ‖ unsteered) at every scored position, steering at strength C: each rank scores its
+    batches and the values of all are gathered in batch order (the statistic is pooled over all of them)."""
+    values = {}
+    for i in probe.mine:
+        item = probe.items[i]
         base = probe.base[i] if probe.base is not None else scored_log_probs(model, item)
         with steer(C):
             steered = scored_log_probs(model, item)
-        values.append(token_kl(steered, base, "rev"))
-    return torch.cat(values)
+        values[i] = token_kl(steered, base, "rev")
+    return torch.cat(dist.gather_indexed(values, len(probe.items)))
 
 
 @dataclass
@@ -258,7 +264,7 @@ def find_dose(
     if n_tokens < 1:
         raise SteerhealError(f"calibrate: n_tokens={n_tokens} must be at least 1")
     probe = build_probe(model, tok, prompts, n_tokens, batch_size)
-    norm = residual_norm(model, tok, prompts, layers, batch_size)
+    norm = dist.broadcast_object(residual_norm(model, tok, prompts, layers, batch_size))  # one start for all ranks
 
     def evaluate(c: float) -> float:
         return statistic(kl_values(model, probe, steer, sign * c), stat)
@@ -267,8 +273,10 @@ def find_dose(
     degenerate = None
     if liveness_samples > 0:
         live_prompts = [prompts[i % len(prompts)] for i in range(liveness_samples)]
-        with steer(sign * found.c):
-            completions = sample(model, tok, live_prompts, seed, max_new_tokens=liveness_tokens, batch_size=batch_size)
+        with steer(sign * found.c):  # steering as a context: `steer` is any function of the strength
+            completions = sampler().sample(
+                model, tok, live_prompts, seed, max_new_tokens=liveness_tokens, batch_size=batch_size
+            )
         degenerate = sum(is_degenerate(c) for c in completions) / len(completions)
     record = {
         "c": found.c,

@@ -19,14 +19,16 @@ from typing import Any
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from steerheal import dist
 from steerheal.boundary import check_methods, checked
 from steerheal.dose.filters import FilterConfig, ends_a_sentence, text_reasons
 from steerheal.errors import SteerhealError
 from steerheal.files import atomic_write_bytes
-from steerheal.lm.generate import sample, stop_ids
+from steerheal.lm.generate import stop_ids
 from steerheal.lm.scoring import completion_token_logprobs
 from steerheal.lm.texts import encode_prompts
 from steerheal.log import logger
+from steerheal.read.sampler import sampler
 from steerheal.read.vector import Vector
 
 FORMAT_VERSION = 1
@@ -203,9 +205,10 @@ def make_pairs(
         batch_size=sampling.batch_size,
         first_index=first_index,
     )
-    with vector.steer(model, alpha=alpha):
-        chosen = sample(model, tok, prompts, **kwargs)
-    rejected = [list(r) for r in rejected_ids] if rejected_ids is not None else sample(model, tok, prompts, **kwargs)
+    chosen = sampler().sample(model, tok, prompts, **kwargs, steering=vector.shifts(alpha))
+    rejected = (
+        [list(r) for r in rejected_ids] if rejected_ids is not None else sampler().sample(model, tok, prompts, **kwargs)
+    )
     if len(rejected) != len(prompts):
         raise SteerhealError(f"make_pairs: {len(rejected)} rejected completions for {len(prompts)} prompts")
     finished = [_finished(c, stops) for c in chosen]
@@ -247,6 +250,9 @@ def make_pairs(
                 notes[i],
             )
         )
+    # every rank holds every completion (the sampler gathers them) and checks them alike; rank 0's pairs are
+    # taken as the pairs of all, so no rank can decide differently on a filter (the walk, the heal data)
+    pairs = dist.broadcast_object(pairs)
     kept = sum(p.kept for p in pairs)
     logger.info(f"pairs at alpha {alpha:.3g} (C = {dose['C']:.4g}): kept {kept} of {len(pairs)}")
     return pairs

@@ -71,6 +71,34 @@ def sample(
     + i): sampling a list in two calls (the second with `first_index` = the length of the first) draws
     exactly what one call over the whole list would.
     """
+    got = sample_shard(
+        model, tok, prompts, seed, temperature, top_p, max_new_tokens, batch_size, progress, first_index, 0, 1
+    )
+    return [got[i] for i in range(len(prompts))]
+
+
+@checked
+@torch.no_grad()
+def sample_shard(
+    model: nn.Module,
+    tok: PreTrainedTokenizerBase,
+    prompts: Sequence[Text],
+    seed: int = 0,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 48,
+    batch_size: int = 16,
+    progress: bool | None = None,
+    first_index: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> dict[int, list[int]]:
+    """{prompt index: completion ids} for one rank's share of `prompts`, as `sample` draws them: the batches of
+    the length-sorted plan of all the prompts (the plan one process runs) numbered 0, 1, ..., batch b sampled by
+    rank b % world_size. Every batch is formed exactly as in one process, with the generators of the global
+    prompt indices, so the union over ranks is bit for bit what `sample` returns in one process."""
+    if not 0 <= rank < world_size:
+        raise SteerhealError(f"sample_shard: rank={rank} must be in [0, world_size={world_size})")
     if temperature < 0 or not 0 < top_p <= 1 or max_new_tokens < 1:
         raise SteerhealError(
             f"sample: temperature={temperature} (>= 0), top_p={top_p} (in (0, 1]), "
@@ -85,8 +113,8 @@ def sample(
     pad_id = require_pad_token(tok)
     encoded = encode(tok, prompts, context_length(model) - max_new_tokens, what="prompts")
     device = model_device(model)
-    out: list[list[int]] = [[] for _ in prompts]
-    plan = length_sorted_batches([len(e.ids) for e in encoded], batch_size)
+    plan = length_sorted_batches([len(e.ids) for e in encoded], batch_size)[rank::world_size]
+    out: dict[int, list[int]] = {i: [] for rows in plan for i in rows}
     for rows in tqdm(plan, desc="sample", disable=progress_disabled(progress)):
         batch = left_pad([encoded[i] for i in rows], pad_id).to(device)
         generators = [torch.Generator().manual_seed(derived_seed("sample", seed, first_index + i)) for i in rows]

@@ -7,6 +7,11 @@ uninterrupted run would have done. Stop rules, in order: the coherence floor (ab
 coherent student that moved nothing must not look like success), a minimum gain in retain per round, the
 maximum number of rounds. A round is complete when its manifest is written; `--resume` continues after the
 last complete one.
+
+Under a multi-process launch (docs/scale.md) every rank runs the loop: sampling, calibration's scoring and the
+KL tail are shared out by batch and gathered; everything else (extraction, the heal, the other verification
+metrics) runs identically on every rank, and rank 0's vector, pairs, adapter and stop decision are broadcast so
+that no rank can drift from it by a rounding. Rank 0 alone writes the run directory and holds its lock.
 """
 
 from __future__ import annotations
@@ -14,7 +19,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from steerheal import dist
 from steerheal.adapter.gated import GatedLoRA
 from steerheal.boundary import checked
 from steerheal.dose.calibrate import calibrate_dose
@@ -114,6 +119,7 @@ class Loop:
         times: dict[str, float] = {}
         with stage(f"round {k} extract", times):
             vector = round_teacher(concept, model, tok, c, k)
+        vector_drift = dist.broadcast_tensors(list(vector.directions.values()))  # rank 0's vector on every rank
         target = c.dose.target(k)
         with stage(f"round {k} calibrate", times):
             calibrate_dose(vector, model, tok, concept.calibration_prompts, c.dose, k, seed, c.sampling.batch_size)
@@ -132,8 +138,9 @@ class Loop:
             "pairs": len(pairs),
         }
         vector.meta["pairs_dose"] = dose
-        vector.save(folder)
-        write_pairs(folder / "pairs.jsonl", pairs)
+        if self.run.writes:
+            vector.save(folder)
+            write_pairs(folder / "pairs.jsonl", pairs)
         self.run.log({"event": "pairs", "round": k, **dose, "calibration": vector.calibration})
         with stage(f"round {k} reference", times):
             if k == 0:
@@ -156,6 +163,19 @@ class Loop:
         )
         with stage(f"round {k} heal", times):
             result = heal(model, adapter, pairs, heal_config, events=lambda e: self.run.log(e))
+            if dist.world_size() > 1:
+                # every rank healed the same pairs from the same state; rank 0's weights are taken by all, and how
+                # far each rank's own heal (and its vector) was from rank 0's is logged
+                trained = [p for p in model.parameters() if p.requires_grad]
+                drift = dist.all_gather_object((vector_drift, dist.broadcast_tensors(trained)))
+                self.run.log(
+                    {
+                        "event": "ranks_synced",
+                        "round": k,
+                        "vector_max_abs_diff": [v for v, _ in drift],
+                        "adapter_max_abs_diff": [a for _, a in drift],
+                    }
+                )
             adapter.fold()
         with stage(f"round {k} verify", times):
             metrics, samples = self.verify()
@@ -173,10 +193,11 @@ class Loop:
             "D_last_epoch": result.epoch_mean("D_mean", heal_config.epochs - 1),
         }
         metrics = defined(metrics)
-        adapter.save(folder / "adapter")
-        atomic_write_json(folder / "metrics.json", metrics)
-        lines = "".join(json.dumps({"round": k, **sample}) + "\n" for sample in samples)
-        atomic_write_bytes(folder / "samples.jsonl", lines.encode())
+        if self.run.writes:
+            adapter.save(folder / "adapter")
+            atomic_write_json(folder / "metrics.json", metrics)
+            lines = "".join(json.dumps({"round": k, **sample}) + "\n" for sample in samples)
+            atomic_write_bytes(folder / "samples.jsonl", lines.encode())
         return metrics, samples
 
     def rounds(self, start: int, previous: dict[str, Any] | None) -> RunResult:
@@ -192,7 +213,7 @@ class Loop:
             except KeyboardInterrupt:
                 self._record("interrupted", k, "interrupted (Ctrl-C)")
                 raise
-            why, broken = stop_rule(self.config, k, metrics, previous)
+            why, broken = dist.broadcast_object(stop_rule(self.config, k, metrics, previous))  # rank 0 decides
             self.run.log(
                 {
                     "event": "round_end",
@@ -247,23 +268,44 @@ def run(config: RunConfig, overwrite: bool = False, resume: bool = False) -> Run
     if overwrite and resume:
         raise SteerhealError("--overwrite and --resume contradict each other; pass one of them")
     validate(config)
+    dist.init()  # under torchrun / accelerate launch: join the ranks (gloo on CPU); nothing in one process
     torch.set_num_threads(config.torch_threads())
     root = config.runs_dir / config.name
-    created = prepare(root, resume, overwrite)
+    processes = dist.processes()
+    if not writes_run():
+        # rank 0 checks and opens the run folder; the others wait for its word (its error is theirs)
+        error = dist.broadcast_object(None)
+        if error is not None:
+            raise SteerhealError(f"rank 0 could not open the run: {error}")
+        run_dir = RunDir.follower(root)
+        return _run(config, run_dir, *dist.broadcast_object(None))
+    told = False
+    created = False
     try:
-        with RunLock(root) if writes_run() else nullcontext():
-            return _run(config, root, overwrite, resume)
+        created = prepare(root, resume, overwrite)
+        with RunLock(root):
+            run_dir, state = _open(config, root, overwrite, resume, processes)
+            told = True
+            dist.broadcast_object(None)
+            return _run(config, run_dir, *dist.broadcast_object(state))
+    except BaseException as err:
+        if not told and not isinstance(err, dist.RankLost):
+            dist.broadcast_object(f"{type(err).__name__}: {err}")
+        raise
     finally:
         if created and root.is_dir() and not any(root.iterdir()):
             root.rmdir()  # nothing was written: leave no empty folder behind
 
 
-def _run(config: RunConfig, root: Path, overwrite: bool, resume: bool) -> RunResult:
+def _open(
+    config: RunConfig, root: Path, overwrite: bool, resume: bool, processes: dict[str, Any]
+) -> tuple[RunDir, tuple[bool, list[int], dict[str, Any] | None]]:
+    """The run directory (rank 0) and what every rank needs of it: (resume, complete rounds, stop record)."""
     settings = config.to_dict()
     run_dir = (
-        RunDir.resume(root, settings, config.seed, compared)
+        RunDir.resume(root, settings, config.seed, compared, processes)
         if resume
-        else RunDir.create(root, settings, config.seed, overwrite)
+        else RunDir.create(root, settings, config.seed, overwrite, processes)
     )
     done = run_dir.complete_rounds() if resume else []
     stopped = run_dir.stop_record()
@@ -271,6 +313,13 @@ def _run(config: RunConfig, root: Path, overwrite: bool, resume: bool) -> RunRes
         # killed between the last manifest and stopped.json: the stop was decided, record it now
         run_dir.write_stop(run_dir.manifest(done[-1])["stop"], done[-1])
         stopped = run_dir.stop_record()
+    return run_dir, (resume, done, stopped)
+
+
+def _run(
+    config: RunConfig, run_dir: RunDir, resume: bool, done: list[int], stopped: dict[str, Any] | None
+) -> RunResult:
+    root = run_dir.root
     if stopped is not None and (not config.verify.frontier or has_frontier(run_dir)):
         logger.info(f"run {root} already finished ({stopped['reason']}); nothing to resume")
         return RunResult(root, done, stopped["reason"], [])
@@ -280,7 +329,8 @@ def _run(config: RunConfig, root: Path, overwrite: bool, resume: bool) -> RunRes
         f"{root / CONFIG}"
     )
     model, tok = open_model(config.model, config.quant, config.device, config.seed)
-    concept = build_concept(config, tok, run_dir.root, model)
+    with dist.rank_zero_first():  # rank 0 writes toyworld's corpus into the run, the others read it
+        concept = build_concept(config, tok, run_dir.root, model)
     if config.loose_filters:
         logger.warning(f"filters loosened for this run: {_filters(config).to_dict()}")
     run_dir.log(

@@ -10,6 +10,9 @@ Every event carries the attempt that wrote it (attempt 1 is the first `run`, eac
 a round started by a killed attempt and replayed by the next is never counted twice: a round's manifest
 names the attempt that completed it. Events are appended and fsynced line by line. A round's manifest also
 holds the stop decision taken after it, so a kill between the manifest and stopped.json loses nothing.
+
+Under a multi-process launch only rank 0 writes (`writes`); the other ranks hold a `RunDir.follower` whose
+writes do nothing, and read what rank 0 wrote. env.json records the world size and every rank's process.
 """
 
 from __future__ import annotations
@@ -85,12 +88,26 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
+SHARD_RULE = (
+    "batch b of every batch list (the length-sorted sampling plan of all prompts; calibration's and the KL "
+    "tail's scoring batches) is computed by rank b % world_size, with the generators of the global prompt indices"
+)
+
+
 class RunDir:
-    def __init__(self, root: Path, attempt: int) -> None:
-        self.root, self.attempt = root, attempt
+    def __init__(self, root: Path, attempt: int, writes: bool = True) -> None:
+        self.root, self.attempt, self.writes = root, attempt, writes
+        self.processes: dict[str, Any] | None = None
 
     @classmethod
-    def create(cls, root: Path, config: dict[str, Any], seed: int, overwrite: bool) -> RunDir:
+    def follower(cls, root: Path) -> RunDir:
+        """The run as a rank other than 0 sees it: read what rank 0 writes, write nothing."""
+        return cls(root, len(_attempts(root)), writes=False)
+
+    @classmethod
+    def create(
+        cls, root: Path, config: dict[str, Any], seed: int, overwrite: bool, processes: dict[str, Any] | None = None
+    ) -> RunDir:
         """A new run in a folder `prepare` accepted; a previous run there is removed only with `overwrite`
         (the caller holds the run lock, which stays)."""
         prepare(root, resume=False, overwrite=overwrite)
@@ -106,12 +123,18 @@ class RunDir:
         atomic_write_json(root / MARKER, {"kind": "steerheal.run", "format_version": 1, **provenance()})
         atomic_write_json(root / CONFIG, config)
         run = cls(root, 1)
+        run.processes = processes
         run._record_attempt(seed)
         return run
 
     @classmethod
     def resume(
-        cls, root: Path, config: dict[str, Any], seed: int, normalise: Callable[[dict[str, Any]], dict[str, Any]]
+        cls,
+        root: Path,
+        config: dict[str, Any],
+        seed: int,
+        normalise: Callable[[dict[str, Any]], dict[str, Any]],
+        processes: dict[str, Any] | None = None,
     ) -> RunDir:
         """An existing run, continued by a new attempt. Its stored config, normalised (`normalise`: defaults
         filled in for fields it predates, options that change no result dropped), must equal `config`
@@ -126,6 +149,7 @@ class RunDir:
                 "options it was started with, or start a new run"
             )
         run = cls(root, len(_attempts(root)) + 1)
+        run.processes = processes
         if not (root / MARKER).is_file():
             atomic_write_json(root / MARKER, {"kind": "steerheal.run", "format_version": 1, **provenance()})
         run._trim_cut_event()
@@ -141,6 +165,9 @@ class RunDir:
                 path.write_bytes(data[: data.rfind(b"\n") + 1])
 
     def _record_attempt(self, seed: int) -> None:
+        processes = self.processes or {"world_size": 1, "ranks": []}
+        if processes["world_size"] > 1:
+            processes = {**processes, "shard": SHARD_RULE}
         env = {"attempts": _attempts(self.root)}
         env["attempts"].append(
             {
@@ -149,6 +176,7 @@ class RunDir:
                 "seed": seed,
                 "threads": torch.get_num_threads(),
                 "cuda": torch.cuda.is_available(),
+                **processes,
                 **_versions(),
                 **provenance(),
             }
@@ -157,7 +185,9 @@ class RunDir:
 
     # ------------------------------------------------------------------ events
     def log(self, event: dict[str, Any]) -> None:
-        """Append one event (with the attempt and a timestamp), flushed and fsynced."""
+        """Append one event (with the attempt and a timestamp), flushed and fsynced (by the writing rank)."""
+        if not self.writes:
+            return
         record = {"attempt": self.attempt, "time": datetime.datetime.now(datetime.UTC).isoformat(), **event}
         line = json.dumps(record, sort_keys=True, default=float) + "\n"
         try:
@@ -206,10 +236,14 @@ class RunDir:
         return done
 
     def write_manifest(self, k: int, manifest: dict[str, Any]) -> None:
+        if not self.writes:
+            return
         atomic_write_json(self.round_dir(k) / MANIFEST, {"round": k, "attempt": self.attempt, **manifest})
 
     def write_stop(self, reason: str, last_round: int) -> None:
         """The run is over: why, and the last complete round it leaves (stopped.json, then a `stopped` event)."""
+        if not self.writes:
+            return
         atomic_write_json(self.root / STOP, {"reason": reason, "last_round": last_round, "attempt": self.attempt})
         self.log({"event": "stopped", "round": last_round, "reason": reason})
 

@@ -31,11 +31,12 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from steerheal import dist
 from steerheal.adapter.gated import GatedLoRA
 from steerheal.dose.calibrate import statistic
 from steerheal.dose.filters import distinct_n, is_degenerate, ngram_repetition
 from steerheal.errors import SteerhealError
-from steerheal.lm.generate import decode, sample
+from steerheal.lm.generate import decode
 from steerheal.lm.scoring import completion_batches, completion_token_logprobs, scored_log_probs, token_kl
 from steerheal.lm.texts import encode_prompts
 from steerheal.loop.concepts import Concept, Contrast
@@ -44,6 +45,7 @@ from steerheal.read.capture import capture
 from steerheal.read.corpus_activations import read_corpus
 from steerheal.read.quality import heldout_scores
 from steerheal.read.readout import Readout
+from steerheal.read.sampler import sampler
 from steerheal.read.steering import steering_active
 from steerheal.read.vector import Vector
 
@@ -61,8 +63,11 @@ def generate(
     seed: int,
     max_new_tokens: int,
     batch_size: int,
+    steering: dict[int, torch.Tensor] | None = None,
 ) -> Generations:
-    ids = sample(model, tok, prompts, seed, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    ids = sampler().sample(
+        model, tok, prompts, seed, max_new_tokens=max_new_tokens, batch_size=batch_size, steering=steering
+    )
     return Generations(ids, decode(tok, ids))
 
 
@@ -133,17 +138,20 @@ def kl_tail(
     n_tokens: int,
     batch_size: int,
 ) -> float:
-    """p95 of per-token KL(student ‖ base), scored on the base's greedy continuations of the prompts."""
+    """p95 of per-token KL(student ‖ base), scored on the base's greedy continuations of the prompts (each rank
+    scores its batches; the p95 is taken over the values of all of them)."""
     prompt_ids = encode_prompts(tok, prompts)
     with adapter.reference("base"):
-        continuations = sample(model, tok, prompts, temperature=0, max_new_tokens=n_tokens, batch_size=batch_size)
+        continuations = sampler().sample(
+            model, tok, prompts, temperature=0, max_new_tokens=n_tokens, batch_size=batch_size
+        )
     items = completion_batches(tok, prompt_ids, continuations, batch_size)
-    values = []
-    for item in items:
+    values = {}
+    for i in dist.mine(len(items)):
         with adapter.reference("base"):
-            base = scored_log_probs(model, item)
-        values.append(token_kl(scored_log_probs(model, item), base, "rev"))
-    return statistic(torch.cat(values), "p95")
+            base = scored_log_probs(model, items[i])
+        values[i] = token_kl(scored_log_probs(model, items[i]), base, "rev")
+    return statistic(torch.cat(dist.gather_indexed(values, len(items))), "p95")
 
 
 def perplexity_under_base(
@@ -253,8 +261,7 @@ def build_reference(
     with adapter.reference("base"):
         off = off_target_vector(model, tok, concept, teacher)
         base = generate(model, tok, prompts, seed, max_new_tokens, batch_size)
-        with teacher.steer(model):
-            steered = generate(model, tok, prompts, seed, max_new_tokens, batch_size)
+        steered = generate(model, tok, prompts, seed, max_new_tokens, batch_size, teacher.shifts())
     scores = {
         "trait_base": concept_score(model, adapter, tok, teacher, base.texts),
         "trait_steered": concept_score(model, adapter, tok, teacher, steered.texts),

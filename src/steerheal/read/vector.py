@@ -174,14 +174,26 @@ class Vector:
     @contextmanager
     def steer(self, model: nn.Module, alpha: float = 1.0, coeff: float | None = None) -> Iterator[None]:
         """Add `alpha · (coeff or v.coeff) · v̂` to the residual stream at the vector's layers."""
+        with self(model, C=alpha * self._dose(coeff)):
+            yield
+
+    def _dose(self, coeff: float | None) -> float:
         base = coeff if coeff is not None else self.coeff
         if base is None:
             raise SteerhealError(
                 "no dose: this vector has no coeff yet. Calibrate it (v.calibrate(...)), set v.coeff, "
                 "pass coeff=..., or steer with an absolute strength: with v(model, C=...)"
             )
-        with self(model, C=alpha * base):
-            yield
+        return base
+
+    @checked
+    def shifts(self, alpha: float = 1.0, coeff: float | None = None) -> dict[int, Float[Tensor, " hidden"]]:
+        """{layer: alpha · (coeff or v.coeff) · v̂}: what `steer` adds at each block, as data (a sampler's
+        steering request: `read.sampler.Sampler`)."""
+        C = alpha * self._dose(coeff)
+        if not torch.isfinite(torch.tensor(float(C))):
+            raise SteerhealError(f"steering strength C={C} is not finite")
+        return {layer: C * d for layer, d in self.directions.items()}
 
     @checked
     @contextmanager
