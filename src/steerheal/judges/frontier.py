@@ -29,8 +29,9 @@ from transformers import PreTrainedTokenizerBase
 from steerheal.adapter.gated import GatedLoRA
 from steerheal.dose.calibrate import STATS, statistic
 from steerheal.errors import SteerhealError
+from steerheal.files import defined
 from steerheal.judges.dominance import compare_curves
-from steerheal.judges.judge import Judge, defined, judge_all
+from steerheal.judges.judge import Judge, judge_all
 from steerheal.judges.variants import Variant, kl_to_base, variants
 from steerheal.lm.generate import decode, sample
 from steerheal.lm.texts import encode_prompts
