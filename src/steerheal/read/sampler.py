@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from steerheal import dist
+from steerheal.boundary import check_methods, checked
 from steerheal.lm.generate import sample_shard
 from steerheal.lm.texts import Text
 from steerheal.read.steering import add_to_residual
@@ -79,6 +80,8 @@ class TransformersSampler:
         return dist.gather_indexed(local, len(prompts))
 
 
+check_methods(TransformersSampler)
+
 _CURRENT: list[Sampler] = [TransformersSampler()]
 
 
@@ -87,6 +90,7 @@ def sampler() -> Sampler:
     return _CURRENT[-1]
 
 
+@checked
 @contextmanager
 def use_sampler(replacement: Sampler) -> Iterator[Sampler]:
     """Within the block every steerheal stage samples through `replacement`."""
