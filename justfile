@@ -87,3 +87,7 @@ bench-readout *ARGS:
 # readouts of corpus/emotions on all-MiniLM-L6-v2 and of toyworld's moods, per method (docs/readouts.md)
 readout-report *ARGS:
     python bench/readout_report.py "$@"
+
+# the coherence filters on SmolLM2: pairs kept at alpha 1 (cut vs dropped), babble dropped, lengths (docs/loop.md)
+bench-filters-real:
+    python bench/filters_real.py
