@@ -99,7 +99,8 @@ def test_cli_output_has_no_bitsandbytes_kernel_advice(tmp_path):
         pytest.skip("this bitsandbytes does not warn about its CPU kernel: nothing to silence")
     run = [
         "from steerheal.cli import main",
-        f"main(['run', '--preset', 'fast-dev-run', '--model', 'tiny:llama', '--runs-dir', {str(tmp_path)!r}])",
+        "main(['run', '--preset', 'fast-dev-run', '--model', 'tiny:llama', '--stop.max-rounds', '1',"
+        f" '--runs-dir', {str(tmp_path)!r}])",
     ]
     out = subprocess.run(
         [sys.executable, "-c", _AS_IF_AVX512_BF16 + "\n".join(run)], capture_output=True, text=True, env=env
