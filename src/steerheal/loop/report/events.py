@@ -108,6 +108,9 @@ def frontier_of(event: dict[str, Any]) -> dict[str, Any]:
         judge, name = key.split(".", 1)
         return record.get("judges", {}).get(judge, {}).get(name)
 
+    # bits per byte under a judge model, or (toyworld) the exact grammar_ok: each gets its own, rightly labelled panel
+    coherence_axis = str(config.get("coherence") or "bits_per_byte").split(".", 1)[-1]
+
     def point(record: dict[str, Any]) -> dict[str, Any]:
         dose = {"alpha": record["value"]} if record["kind"] == "steering" else {"g": record["value"]}
         return {
@@ -115,7 +118,7 @@ def frontier_of(event: dict[str, Any]) -> dict[str, Any]:
             "x": (record.get("kl_own") or {}).get("p95"),
             "KL p95 on the base's greedy text": (record.get("kl_greedy") or {}).get("p95"),
             "trait": record.get("trait_shift"),
-            "bits_per_byte": score(record, config.get("coherence")),
+            coherence_axis: score(record, config.get("coherence")),
             "relevance": score(record, config.get("relevance")),
         }
 

@@ -24,6 +24,7 @@ VARIANTS = ("steering", "student")
 AXES = (
     ("trait", "trait"),
     ("bits_per_byte", "judge bits per byte (coherence; lower is better)"),
+    ("grammar_ok", "grammar_ok (toyworld's exact coherence; higher is better)"),
     ("relevance", "relevance"),
 )
 DOSE_KEYS = (("alpha", "α"), ("g", "g"), ("dial", "g"), ("dose", ""))
