@@ -91,3 +91,7 @@ readout-report *ARGS:
 # the coherence filters on SmolLM2: pairs kept at alpha 1 (cut vs dropped), babble dropped, lengths (docs/loop.md)
 bench-filters-real:
     python bench/filters_real.py
+
+# copy a finished run's report.md and figures into docs/NAME.md (real-model figures come from their run)
+run-doc RUN NAME:
+    python bench/run_doc.py "$1" "$2"
