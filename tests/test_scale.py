@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 import steerheal as sh
@@ -23,6 +24,18 @@ from steerheal.read.sampler import TransformersSampler, sampler, use_sampler
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 # batch size 2: the 4 prompts of a fast-dev-run round are 2 batches, so both ranks sample and score in every stage
 RUN = ["run", "--model", "tiny:llama", "--sampling.batch-size", "2"]
+# the same round sizes on toyworld's LM and its own mood concept
+TOYWORLD = [
+    "run",
+    "--preset",
+    "fast-dev-run",
+    "--model",
+    "toyworld",
+    "--concept.source",
+    "toyworld",
+    "--sampling.batch-size",
+    "2",
+]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -77,13 +90,14 @@ def test_sharded_sampling_is_the_one_process_sampling_and_the_seam_replaces_it()
         assert [p.chosen_ids for p in pairs] == sample(model, tok, prompts[:3], 1, max_new_tokens=5)
 
 
-def test_two_ranks_write_the_run_one_process_writes(tmp_path):
+@pytest.mark.parametrize("run", [RUN, TOYWORLD], ids=["tiny", "toyworld"])
+def test_two_ranks_write_the_run_one_process_writes(tmp_path, run):
     """torchrun --nproc_per_node 2 -m steerheal run: world size 2 (env.json), byte-identical pairs.jsonl and verify
     texts, equal metrics (but the heal's seconds), and each rank's heal equal to rank 0's before the broadcast."""
-    cli.main([*RUN, "--runs-dir", str(tmp_path), "--name", "one"])
+    cli.main([*run, "--runs-dir", str(tmp_path), "--name", "one"])
     cmd = [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", str(_port()), "-m", "steerheal"]
     done = subprocess.run(
-        [*cmd, *RUN, "--runs-dir", str(tmp_path), "--name", "two"], env=_env(), capture_output=True, text=True
+        [*cmd, *run, "--runs-dir", str(tmp_path), "--name", "two"], env=_env(), capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-3000:]
     one, two = tmp_path / "one", tmp_path / "two"
