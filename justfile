@@ -14,9 +14,10 @@ run *ARGS:
 fast-dev-run *ARGS:
     BEARTYPE=1 steerheal run --preset fast-dev-run --overwrite "$@"
 
-# the whole test suite, shape-checked (BEARTYPE=1), one torch thread per process; lists the 20 slowest tests
+# the whole test suite, shape-checked (BEARTYPE=1), two pytest-xdist workers of one torch thread each (`just test -n 0`
+# for one process); lists the 20 slowest tests
 test *ARGS:
-    BEARTYPE=1 python -m pytest --durations=20 "$@"
+    BEARTYPE=1 python -m pytest -n 2 --durations=20 "$@"
 
 # regenerate RUN's report and screenshot report.html as a person sees it (headless Chromium from the OS packages,
 # --no-sandbox as root) into RUN/report.png: `just report-screenshot runs/toyworld [WIDTH] [HEIGHT]`
