@@ -35,6 +35,7 @@ def _shape_checked() -> AbstractContextManager[object]:
 with _shape_checked():
     from steerheal import dist as _dist  # noqa: F401 (imported to be shape-checked)
     from steerheal import toyworld
+    from steerheal.adapter.bank import Bank
     from steerheal.adapter.gated import GatedLoRA
     from steerheal.dose.config import DoseConfig
     from steerheal.dose.filters import FilterConfig
@@ -79,6 +80,7 @@ __all__ = [
     "DoseConfig",
     "FilterConfig",
     "Fingerprint",
+    "Bank",
     "GatedLoRA",
     "HealConfig",
     "HealResult",
