@@ -58,6 +58,7 @@ with _shape_checked():
     from steerheal.loop import report as _report  # noqa: F401 (imported to be shape-checked)
     from steerheal.loop import source_checks as _source_checks  # noqa: F401 (imported to be shape-checked)
     from steerheal.loop import sources as _sources  # noqa: F401 (imported to be shape-checked)
+    from steerheal.loop.bank_run import run_bank
     from steerheal.loop.rounds import run
     from steerheal.loop.runconfig import RunConfig, preset
     from steerheal.loop.saved import load_run
@@ -76,11 +77,11 @@ __version__ = steerheal_version()
 
 __all__ = [
     "TINY_ARCHS",
+    "Bank",
     "Corpus",
     "DoseConfig",
     "FilterConfig",
     "Fingerprint",
-    "Bank",
     "GatedLoRA",
     "HealConfig",
     "HealResult",
@@ -108,6 +109,7 @@ __all__ = [
     "preset",
     "read_pairs",
     "run",
+    "run_bank",
     "sample",
     "tiny_model",
     "toyworld",

@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+
 import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
