@@ -29,7 +29,10 @@ def _heat_map(result: dict[str, Any]) -> Any:
     for a, row in enumerate(table):
         for b, v in enumerate(row):
             shift = result["table"][a][b]
-            ax.text(b, a, f"{_f(v, 2)}\n({shift:+.3f})", ha="center", va="center", fontsize=7)
+            dark = v is not None and abs(v) > 0.6
+            ax.text(
+                b, a, f"{_f(v, 2)}\n({shift:+.3f})", ha="center", va="center", fontsize=7, color="w" if dark else "k"
+            )
     fig.colorbar(image, ax=ax, shrink=0.8, label="shift / own shift")
     ax.set_title("cross-talk: shift of the row concept / its own shift")
     fig.tight_layout()
