@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import steerheal as sh
 from steerheal.cli import main
 from steerheal.errors import SteerhealError
 from steerheal.loop.bank_run import check_bank, run_bank
@@ -43,6 +44,8 @@ def test_bank_of_a_mood_and_a_topic_on_toyworld(tmp_path):
     for bad, match in ((("joy", "anger"), "off-target mood"), (("joy", "joy"), "more than once")):
         with pytest.raises(SteerhealError, match=match):
             check_bank(dataclasses.replace(config, concepts=bad))
+    with pytest.raises(SteerhealError, match="use sh.run_bank"):
+        sh.run(config)
     assert not (tmp_path / "bank").exists(), "checks write nothing"
     result = run_bank(config)
     root = tmp_path / "bank"

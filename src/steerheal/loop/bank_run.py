@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from steerheal import dist
 from steerheal.adapter.bank import Bank, check_concepts
 from steerheal.errors import SteerhealError
 from steerheal.files import atomic_write_json, defined, provenance, read_json
@@ -85,6 +86,8 @@ def independent(config: RunConfig, i: str, j: str) -> bool:
 def run_bank(config: RunConfig, overwrite: bool = False, resume: bool = False) -> BankResult:
     """Each concept of `config.concepts` as its own run, then the bank's cross-talk and report."""
     members = check_bank(config)
+    if dist.world_size() > 1:
+        raise SteerhealError("a bank runs in one process; launch `steerheal run --concepts ...` without torchrun")
     root = config.runs_dir / config.name
     marker = root / BANK_MARKER
     if root.is_dir() and any(root.iterdir()) and not marker.is_file():
