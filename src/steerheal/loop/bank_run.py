@@ -9,7 +9,8 @@ readout: `concept.name`), trained on the base: its rounds are distilled with eve
 one concept's rounds never depend on another's, and a bank's concept is the same adapter as that concept's run
 alone. Then the bank is assembled on one base (`Bank.load` of each concept's last round) and its cross-talk
 measured (`crosstalk.py`): whether the concepts, distilled apart, stay apart when their dials turn together.
-`--resume` resumes each unfinished concept and measures the cross-talk if it is missing.
+`--resume` resumes each unfinished concept and measures the cross-talk again if any concept trained a round or it is
+missing.
 """
 
 from __future__ import annotations
@@ -104,17 +105,19 @@ def run_bank(config: RunConfig, overwrite: bool = False, resume: bool = False) -
     for member in members:
         folder = member.runs_dir / member.name
         runs[member.name] = run(member, overwrite=overwrite, resume=resume and folder.is_dir())
-    if resume and (root / CROSSTALK).is_file() and not overwrite:
+    from steerheal.loop.report import page
+
+    for member in members:  # a concept's report, unless a resume found it finished and reported
+        folder = member.runs_dir / member.name
+        if runs[member.name].metrics or not (folder / "report.html").is_file():
+            page.build(folder)
+    fresh = any(r.metrics for r in runs.values())  # a concept trained a round now: its cross-talk is new too
+    if resume and not fresh and (root / CROSSTALK).is_file() and (root / "report.html").is_file():
         result = read_json(root / CROSSTALK, f"bank run {root}")
     else:
         result = measure(config, members)
         atomic_write_json(root / CROSSTALK, {**defined(result), **provenance()})
-    reports = {m.name: f"concepts/{m.name}/report.html" for m in members}
-    from steerheal.loop.report import page
-
-    for member in members:
-        page.build(member.runs_dir / member.name)
-    write_bank_report(root, result, reports)
+        write_bank_report(root, result, {m.name: f"concepts/{m.name}/report.html" for m in members})
     logger.info(f"bank {root}: cross-talk written to {root / CROSSTALK} and {root / 'report.html'}")
     return BankResult(root, runs, result)
 
