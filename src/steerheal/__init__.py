@@ -35,6 +35,7 @@ def _shape_checked() -> AbstractContextManager[object]:
 with _shape_checked():
     from steerheal import dist as _dist  # noqa: F401 (imported to be shape-checked)
     from steerheal import toyworld
+    from steerheal.adapter.bank import Bank
     from steerheal.adapter.gated import GatedLoRA
     from steerheal.dose.config import DoseConfig
     from steerheal.dose.filters import FilterConfig
@@ -57,6 +58,7 @@ with _shape_checked():
     from steerheal.loop import report as _report  # noqa: F401 (imported to be shape-checked)
     from steerheal.loop import source_checks as _source_checks  # noqa: F401 (imported to be shape-checked)
     from steerheal.loop import sources as _sources  # noqa: F401 (imported to be shape-checked)
+    from steerheal.loop.bank_run import run_bank
     from steerheal.loop.rounds import run
     from steerheal.loop.runconfig import RunConfig, preset
     from steerheal.loop.saved import load_run
@@ -75,6 +77,7 @@ __version__ = steerheal_version()
 
 __all__ = [
     "TINY_ARCHS",
+    "Bank",
     "Corpus",
     "DoseConfig",
     "FilterConfig",
@@ -106,6 +109,7 @@ __all__ = [
     "preset",
     "read_pairs",
     "run",
+    "run_bank",
     "sample",
     "tiny_model",
     "toyworld",

@@ -135,6 +135,13 @@ def command_run(args: list[str]) -> None:
         ]
     for one in configs:
         ACTIVE.update(root=one.runs_dir / one.name, args=original)
+        if one.concepts:  # a bank: one run per concept, then their cross-talk (docs/loop.md)
+            from steerheal.loop.bank_run import run_bank
+
+            bank = run_bank(one, overwrite=overwrite, resume=resume)
+            ACTIVE.clear()
+            print(f"{one.model}: bank {list(one.concepts)}; report {bank.root / 'report.html'}")
+            continue
         result = run(one, overwrite=overwrite, resume=resume)
         ACTIVE.clear()
         if not writes_run():

@@ -38,3 +38,10 @@ class Dial:
     def __exit__(self, *exc: object) -> None:
         self.adapter._set_gate_map(self._before)
         self.adapter._dial_state = self._state_before  # type: ignore[attr-defined]
+
+
+def undialled_gates(adapter: GatedLoRA) -> dict[str, float]:
+    """Round name -> gate as trained (before any dial in force; the gates in force when none is)."""
+    state: _DialState | None = getattr(adapter, "_dial_state", None)
+    gates = adapter._gate_map()
+    return dict(state.undialled) if state is not None and state.dialled == gates else gates

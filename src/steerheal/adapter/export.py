@@ -49,7 +49,7 @@ def export_peft(
         )
     tensors: dict[str, Tensor] = {}
     for module in adapter.target_names:
-        a, b = weighted_concat([adapter._factors(r.name, module) for r, _ in parts], [g * r.scale for r, g in parts])
+        a, b = weighted_concat([adapter._factors(r, module) for r, _ in parts], [g * r.scale for r, g in parts])
         key_a, key_b = lora_keys(module)
         tensors[key_a], tensors[key_b] = a, b
     rank = sum(r.rank for r, _ in parts)

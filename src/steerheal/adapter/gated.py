@@ -12,10 +12,9 @@ activation the history is frozen again and `trainable_parameters()` hands the op
 round's factors and nothing else. Adapter weights are float32 whatever the base's precision (a bf16 or
 4-bit base included), as QLoRA needs.
 
-Rounds leave the model three ways: `save` (each round in peft's own format plus `gated.json`,
-`save_and_load.py`), `export_peft` (one standard peft adapter: the rounds' factors concatenated, gates folded
-into B) and `bake` (a dense merged model; 4-bit weights de-quantised and merged in float32), both in
-`export.py`. `dial(g)` scales every trained gate (`dial.py`).
+Rounds leave the model by `save` (peft's format plus `gated.json`, `save_and_load.py`), `export_peft` (one plain
+peft adapter) and `bake` (a dense float32 merge), both in `export.py`. `dial(g)` scales every trained gate
+(`dial.py`). A Bank (`bank.py`) holds several concepts' groups of rounds on one peft model, one dial each.
 """
 
 from __future__ import annotations
@@ -69,12 +68,14 @@ class GatedLoRA:
         self.current: Round | None = None
         self.last_bake_report: dict[str, Any] | None = None
         self._layers: dict[str, Any] = {}
+        self.prefix = ""  # a bank's concept group: peft names its rounds `<prefix><round>` (bank.py)
+        self.bank: Any = None  # the Bank whose other groups share this peft model, or None
 
     def __repr__(self) -> str:
         hist = ", ".join(f"{r.name}@{r.gate:g}" for r in self.history) or "none"
         cur = f"{self.current.name}@{self.current.gate:g}" if self.current else "none"
-        modules = len(self.target_names)
-        return f"GatedLoRA(r={self.r}, alpha={self.alpha:g}, modules={modules}, history=[{hist}], current={cur})"
+        n = len(self.target_names)
+        return f"GatedLoRA({self.prefix}r={self.r}, alpha={self.alpha:g}, modules={n}, history=[{hist}], current={cur})"
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -101,10 +102,21 @@ class GatedLoRA:
         names, fan_in_fan_out = select_targets(model, target_modules, band)
         patterns = [target_modules] if isinstance(target_modules, str) else target_modules
         handle = cls(model, r, alpha, None if patterns is None else list(patterns), band, names, fan_in_fan_out, seed)
-        handle.current = Round("round_0", r, float(alpha), 1.0, 0, 0)
-        handle._add_adapter(handle.current)
-        logger.info(f"GatedLoRA attached: r={r}, alpha={alpha:g}, {len(names)} modules in blocks of band {band}")
-        return handle
+        return handle._start()
+
+    def _start(self) -> GatedLoRA:
+        """Add the zero-initialised `round_0` (the model's output is unchanged)."""
+        self.current = Round("round_0", self.r, self.alpha, 1.0, 0, 0)
+        self._add_adapter(self.current)
+        logger.info(f"GatedLoRA {self.prefix}attached: r={self.r}, {len(self.target_names)} modules, {self.depth_band}")
+        return self
+
+    def key(self, rnd: Round) -> str:
+        """The peft adapter name of a round of this group (its name, after the bank's concept prefix)."""
+        return self.prefix + rnd.name
+
+    def _groups(self) -> list[GatedLoRA]:  # every group on this peft model
+        return list(self.bank.views.values()) if self.bank is not None else [self]
 
     def _add_adapter(self, rnd: Round, weights: dict[str, tuple[Tensor, Tensor]] | None = None) -> None:
         """Create the peft adapter for `rnd` (already entered in history/current), fp32, then activate."""
@@ -123,33 +135,37 @@ class GatedLoRA:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed * 100_003 + rnd.first)
             if self.peft_model is None:
-                self.peft_model = get_peft_model(self.model, config, adapter_name=rnd.name)
+                self.peft_model = get_peft_model(self.model, config, adapter_name=self.key(rnd))
             else:
-                self.peft_model.add_adapter(rnd.name, config)
+                self.peft_model.add_adapter(self.key(rnd), config)
         self._layers = {name: self.model.get_submodule(name) for name in self.target_names}
+        key = self.key(rnd)
         for name, layer in self._layers.items():
-            layer.lora_A[rnd.name].to(torch.float32)
-            layer.lora_B[rnd.name].to(torch.float32)
+            layer.lora_A[key].to(torch.float32)
+            layer.lora_B[key].to(torch.float32)
             if weights is not None:
                 a, b = weights[name]
                 with torch.no_grad():
-                    layer.lora_A[rnd.name].weight.copy_(a)
-                    layer.lora_B[rnd.name].weight.copy_(b)
+                    layer.lora_A[key].weight.copy_(a)
+                    layer.lora_B[key].weight.copy_(b)
         self._activate()
 
     def _activate(self) -> None:
         """Every round active (in order), then the history frozen again: peft's activation marks all
-        the rounds it activates trainable (peft 0.21's `set_adapter`, tested), and only the current round may train."""
-        self.peft_model.base_model.set_adapter([r.name for r in self.rounds])
+        the rounds it activates trainable (peft 0.21's `set_adapter`, tested), and only the current round may train.
+        In a bank every group's rounds are active and only this group's current round trains."""
+        groups = self._groups()
+        self.peft_model.base_model.set_adapter([g.key(r) for g in groups for r in g.rounds])
         keep = {id(p) for p in self.trainable_parameters()}
         for param in self.peft_model.parameters():
             param.requires_grad_(id(param) in keep)
-        self._apply_gates()
+        for group in groups:
+            group._apply_gates()
 
     def _apply_gates(self) -> None:
         for layer in self._layers.values():
             for rnd in self.rounds:
-                layer.scaling[rnd.name] = rnd.gate * rnd.scale
+                layer.scaling[self.key(rnd)] = rnd.gate * rnd.scale
 
     # ------------------------------------------------------------------ rounds and gates
     @property
@@ -161,7 +177,7 @@ class GatedLoRA:
         """The current round's A and B factors, module by module: what the optimizer gets."""
         if self.current is None:
             return []
-        name = self.current.name
+        name = self.key(self.current)
         return [p for layer in self._layers.values() for p in (layer.lora_A[name].weight, layer.lora_B[name].weight)]
 
     def _parse_gates(self, history: float | Sequence[float], current: float, what: str) -> tuple[list[float], float]:
@@ -213,8 +229,7 @@ class GatedLoRA:
         (x · 1.0 == x). Nested contexts likewise: the inner one's g applies, and each exit restores the
         gates its own call found. The undialled gates are the ones in force at the first `dial` call;
         changing gates otherwise (`set_gates`, `fold`) makes the gates then in force the new undialled ones.
-        LoRA adds g · gate · alpha/r · B A x per round, so each module's added output is g times the
-        student's (up to float32 rounding of the product).
+        Each module's added output is g times the student's (up to float32 rounding of the product).
         """
         return Dial(self, check_gate(g, "dial"))
 
@@ -257,9 +272,9 @@ class GatedLoRA:
         logger.info(f"folded {self.history[-1].name} into the history; {self.current.name} trains now")
         return self.current
 
-    def _factors(self, round_name: str, module: str) -> tuple[Tensor, Tensor]:
-        layer = self._layers[module]
-        return layer.lora_A[round_name].weight.detach(), layer.lora_B[round_name].weight.detach()
+    def _factors(self, rnd: Round, module: str) -> tuple[Tensor, Tensor]:
+        layer, key = self._layers[module], self.key(rnd)
+        return layer.lora_A[key].weight.detach(), layer.lora_B[key].weight.detach()
 
     def collapse_history(self, method: str = "cat", rank: int | None = None) -> dict[str, Any]:
         """Replace the history rounds by one adapter with their gates folded in (gate 1 afterwards).
@@ -282,7 +297,7 @@ class GatedLoRA:
         cut2 = total2 = worst = 0.0
         worst_module = None
         for module in self.target_names:
-            a, b = weighted_concat([self._factors(r.name, module) for r in old], weights)
+            a, b = weighted_concat([self._factors(r, module) for r in old], weights)
             if method == "svd":
                 a, b, cut, total = truncated_svd(a, b, int(rank))  # type: ignore[arg-type]
                 cut2, total2 = cut2 + cut, total2 + total
@@ -296,7 +311,7 @@ class GatedLoRA:
         self.history = []
         self._activate()  # only the current round active, so deleting the old ones changes nothing else
         for rnd in old:
-            self.peft_model.delete_adapter(rnd.name)
+            self.peft_model.delete_adapter(self.key(rnd))
         self.history = [collapsed]
         self._add_adapter(collapsed, new)
         report = {
@@ -314,7 +329,7 @@ class GatedLoRA:
 
     # ------------------------------------------------------------------ export and bake
     def _trained(self, rnd: Round) -> bool:
-        return any(bool(layer.lora_B[rnd.name].weight.detach().any()) for layer in self._layers.values())
+        return any(bool(layer.lora_B[self.key(rnd)].weight.detach().any()) for layer in self._layers.values())
 
     def _contributing(self, history: float | Sequence[float], current: float, what: str) -> list[tuple[Round, float]]:
         """(round, gate) for every round that adds something at these gates: gate not 0, and for the
@@ -345,7 +360,7 @@ class GatedLoRA:
     def _deltas(self, parts: list[tuple[Round, float]]) -> dict[str, Tensor]:
         out = {}
         for module in self.target_names if parts else []:
-            delta = sum(dense_delta(*self._factors(r.name, module)) * (g * r.scale) for r, g in parts)
+            delta = sum(dense_delta(*self._factors(r, module)) * (g * r.scale) for r, g in parts)
             out[module] = delta.T if self.fan_in_fan_out else delta
         return out
 

@@ -45,6 +45,11 @@ def round_name(first: int, last: int) -> str:
     return f"round_{first}" if first == last else f"round_{first}_to_{last}"
 
 
+def group_prefix(concept: str | None) -> str:
+    """The peft adapter names of a bank concept's rounds start with this (`joy__round_0`); "" outside a bank."""
+    return "" if concept is None else f"{concept}__"
+
+
 def check_gate(value: float, what: str) -> float:
     """A gate is a finite real number (0 = the round is off, 1 = as trained)."""
     if isinstance(value, bool) or not isinstance(value, int | float):

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor, nn
 
 from steerheal.adapter.peft_files import lora_keys, read_config, read_weights, write_adapter
-from steerheal.adapter.round import Round, check_rank
+from steerheal.adapter.round import Round, check_rank, group_prefix
 from steerheal.adapter.targets import check_band, check_unadapted, linear_kind
 from steerheal.boundary import check_meta
 from steerheal.errors import SteerhealError
@@ -48,14 +48,15 @@ def save_rounds(adapter: GatedLoRA, directory: str | Path) -> Path:
         meta_path.unlink()
     for rnd in adapter.rounds:
         # save_embedding_layers=False: no embedding is ever targeted, and "auto" asks the hub (with retries)
-        state = get_peft_model_state_dict(adapter.peft_model, adapter_name=rnd.name, save_embedding_layers=False)
+        key = adapter.key(rnd)
+        state = get_peft_model_state_dict(adapter.peft_model, adapter_name=key, save_embedding_layers=False)
         expected = {key for module in adapter.target_names for key in lora_keys(module)}
         if set(state) != expected:  # load reads these keys back: refuse to write what it could not read
             raise SteerhealError(
                 f"save: peft named {rnd.name}'s tensors {sorted(set(state) ^ expected)[:4]} unlike the "
                 "'base_model.model.<module>.lora_A.weight' layout steerheal reads; this peft version is unsupported"
             )
-        write_adapter(directory / rnd.name, adapter.peft_model.peft_config[rnd.name], state)
+        write_adapter(directory / rnd.name, adapter.peft_model.peft_config[key], state)
     for name in sorted(stale - {r.name for r in adapter.rounds} - {None}):
         for file in ("adapter_config.json", "adapter_model.safetensors"):
             (directory / name / file).unlink(missing_ok=True)
@@ -80,11 +81,15 @@ def save_rounds(adapter: GatedLoRA, directory: str | Path) -> Path:
     return directory
 
 
-def load_rounds(cls: type[GatedLoRA], model: nn.Module, directory: str | Path) -> GatedLoRA:
+def load_rounds(
+    cls: type[GatedLoRA], model: nn.Module, directory: str | Path, bank: Any = None, concept: str | None = None
+) -> GatedLoRA:
     """Attach the rounds saved in `directory` to `model` (in place), gates and all.
 
     The base must be the model they were trained on: an identity difference (name, architecture,
     sizes) is an error; a precision difference (a 4-bit base against a bf16 one) is a logged warning.
+    With `bank` (bank.py) the rounds join its groups as `concept` on the one peft model: the model may
+    carry that bank's adapters, and the targets must be those of its other groups.
     """
     directory = Path(directory)
     what = f"GatedLoRA at {directory}"
@@ -107,10 +112,15 @@ def load_rounds(cls: type[GatedLoRA], model: nn.Module, directory: str | Path) -
     precision = saved_fp.differences(mine, "precision") + saved_fp.differences(mine, "provenance")
     if precision:
         logger.warning(f"{what} was trained on the same model in another precision: {'; '.join(precision)}")
-    check_unadapted(model)
+    first = next(iter(bank.views.values()), None) if bank is not None else None
+    if first is None:
+        check_unadapted(model)
     inner = unwrap(model)
     names = [str(n) for n in meta.get("target_names") or []]
-    kinds = {linear_kind(inner.get_submodule(n)) if _has_module(inner, n) else None for n in names}
+    # a bank's later groups land on the first group's (already adapted) layers: their names are compared below
+    kinds = (
+        {linear_kind(inner.get_submodule(n)) if _has_module(inner, n) else None for n in names} if not first else {1}
+    )
     if not names or None in kinds:
         raise SteerhealError(f"{what}: its target modules are not linear layers of this model; the file is damaged")
     history = [Round.from_dict(r, what) for r in meta.get("history") or []]
@@ -126,8 +136,18 @@ def load_rounds(cls: type[GatedLoRA], model: nn.Module, directory: str | Path) -
         bool(meta["fan_in_fan_out"]),
         int(meta["seed"]),
     )
+    if first is not None:
+        if names != first.target_names or handle.r != first.r:
+            raise SteerhealError(
+                f"{what}: its targets or rank differ from the bank's other concepts (r={first.r}); a bank's concepts "
+                "are trained with one adapter configuration"
+            )
+        handle.fingerprint, handle.peft_model = first.fingerprint, first.peft_model
+    handle.prefix, handle.bank = group_prefix(concept), bank
     rounds = [*history, current]
     weights = [_read_round(handle, directory / rnd.name, rnd, f"{what}, round {rnd.name}") for rnd in rounds]
+    if bank is not None:
+        bank.views[str(concept)] = handle
     for rnd, factors in zip(rounds, weights, strict=True):  # every file read and checked before model work
         if rnd is current:
             handle.current = rnd

@@ -11,25 +11,28 @@ from collections.abc import Sequence
 
 from steerheal.errors import SteerhealError
 from steerheal.judges.judge import Pair, check_pairs, mean
-from steerheal.toyworld.metrics import grammar_ok, mood_rates
-from steerheal.toyworld.world import MOODS
+from steerheal.toyworld.metrics import grammar_ok, target_rates
+from steerheal.toyworld.world import MOODS, TOPICS
 
 
 class ToyworldJudge:
     """Scores: `mood_rate` (the target mood's share of mood-bearing words, pooled over completions),
-    `off_target_mood_rate`, `grammar_ok` (mean share of grammatical sentences)."""
+    `off_target_mood_rate`, `grammar_ok` (mean share of grammatical sentences). A topic's rate is its share of
+    nouns."""
 
     name = "toyworld"
 
     def __init__(self, mood: str = "joy", off_target_mood: str = "anger") -> None:
         for which in (mood, off_target_mood):
-            if which not in MOODS:
-                raise SteerhealError(f"ToyworldJudge: mood {which!r} is not a toyworld mood; choose from {MOODS}")
+            if which not in (*MOODS, *TOPICS):
+                raise SteerhealError(
+                    f"ToyworldJudge: {which!r} is not a toyworld mood or topic; choose from {MOODS} or {sorted(TOPICS)}"
+                )
         self.mood, self.off_target_mood = mood, off_target_mood
 
     def __call__(self, pairs: Sequence[Pair]) -> dict[str, float]:
         texts = [c for _, c in check_pairs(pairs)]
-        rates = mood_rates(texts)
+        rates = target_rates(texts)
         return {
             "mood_rate": rates[self.mood],
             "off_target_mood_rate": rates[self.off_target_mood],

@@ -176,11 +176,11 @@ def _check_files(config: RunConfig) -> None:
             "or leave it unset"
         )
     if c.source == "toyworld":
-        from steerheal.toyworld.world import MOODS
+        from steerheal.toyworld.world import MOODS, TOPICS
 
         for path in ("concept.mood", "concept.off_target_mood"):
-            if _get(config, path) not in MOODS:
-                raise _fail(path, _get(config, path), f"not a toyworld mood (one of {list(MOODS)})")
+            if _get(config, path) not in (*MOODS, *TOPICS):
+                raise _fail(path, _get(config, path), f"not a toyworld mood (one of {list(MOODS)}) or topic")
         if c.mood == c.off_target_mood:
             raise SteerhealError("--concept.off-target-mood must differ from --concept.mood")
     check_source(config)

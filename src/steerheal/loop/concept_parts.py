@@ -84,11 +84,12 @@ def templated(tok: PreTrainedTokenizerBase, users: list[str]) -> list[str]:
 
 
 def mood_judge(mood: str, off_target_mood: str) -> Callable[[list[str]], dict[str, float]]:
-    """toyworld's exact metrics of completions: the target's and the off-target's mood rate, grammar_ok."""
-    from steerheal.toyworld.metrics import grammar_ok, mood_rates
+    """toyworld's exact metrics of completions: the target's and the off-target's mood rate, grammar_ok. A target
+    that is a topic has its share of nouns as its `mood_rate` (the target's exact rate, whichever it is)."""
+    from steerheal.toyworld.metrics import grammar_ok, target_rates
 
     def judge(texts: list[str]) -> dict[str, float]:
-        rates = mood_rates(texts)
+        rates = target_rates(texts)
         return {
             "mood_rate": rates[mood],
             "off_target_mood_rate": rates[off_target_mood],

@@ -46,15 +46,23 @@ def _toyworld(config: RunConfig, tok: PreTrainedTokenizerBase) -> Concept:
 
     c = config.concept
     for mood in (c.mood, c.off_target_mood):
-        if mood not in world.MOODS:
-            raise SteerhealError(f"concept mood {mood!r} is not a toyworld mood; choose one of {world.MOODS}")
+        if mood not in (*world.MOODS, *world.TOPICS):
+            raise SteerhealError(
+                f"concept mood {mood!r} is not a toyworld mood or topic; choose one of {world.MOODS} or "
+                f"{tuple(sorted(world.TOPICS))}"
+            )
     if c.mood == c.off_target_mood:
         raise SteerhealError("concept.off_target_mood must differ from concept.mood")
     seed = config.seed
+
+    def contrast(name: str) -> Contrast:  # a mood: paired with neutral; a topic: paired with another topic
+        pair = world.contrast_set if name in world.MOODS else world.topic_contrast_set
+        return Contrast(*pair(name, c.n_extract, seed), "mean")
+
     return Concept(
         name=f"toyworld {c.mood}",
-        teacher=Contrast(*world.contrast_set(c.mood, c.n_extract, seed), "mean"),
-        off_target=Contrast(*world.contrast_set(c.off_target_mood, c.n_extract, seed), "mean"),
+        teacher=contrast(c.mood),
+        off_target=contrast(c.off_target_mood),
         **toyworld_prompts(config, tok),
         judge=mood_judge(c.mood, c.off_target_mood),
     )

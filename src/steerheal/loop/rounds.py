@@ -267,6 +267,11 @@ def run(config: RunConfig, overwrite: bool = False, resume: bool = False) -> Run
     checked first (nothing is loaded or written before), and the process that writes the run holds its lock."""
     if overwrite and resume:
         raise SteerhealError("--overwrite and --resume contradict each other; pass one of them")
+    if config.concepts:
+        raise SteerhealError(
+            f"config.concepts={list(config.concepts)} describes a bank, one run per concept: use sh.run_bank(config) "
+            "(`steerheal run --concepts ...` does), or leave concepts empty for the one concept of config.concept"
+        )
     validate(config)
     dist.init()  # under torchrun / accelerate launch: join the ranks (gloo on CPU); nothing in one process
     torch.set_num_threads(config.torch_threads())

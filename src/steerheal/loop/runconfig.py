@@ -36,7 +36,7 @@ class ConceptConfig:
     joyful/gloomy persona contrast over steerheal's 280 shipped neutral user prompts), corpus (one concept of a
     corpus folder), readout (one concept of a saved readout) or vector (a saved Vector folder)."""
     mood: str = "joy"
-    """toyworld: the mood to distil."""
+    """toyworld: the mood (or topic: its nouns) to distil."""
     off_target_mood: str = "anger"
     """toyworld: a mood that should not move (the off-target control)."""
     persona_file: Path | None = None
@@ -138,6 +138,11 @@ class RunConfig:
     loose_filters: bool = False
     """Check only emptiness (random tiny models fail every coherence filter); logged."""
     concept: ConceptConfig = field(default_factory=ConceptConfig)
+    concepts: tuple[str, ...] = ()
+    """A bank (docs/loop.md): distil each named concept into its own group of rounds on the one base, one dial
+    each, and measure their cross-talk. Each name replaces `concept.mood` (toyworld: a mood or a topic) or
+    `concept.name` (corpus, readout); the rest of `concept` is shared. Empty (the default, and every config.json
+    written before banks): the one concept `concept` describes."""
     dose: DoseConfig = field(default_factory=DoseConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     filters: FilterConfig = field(default_factory=FilterConfig)

@@ -59,6 +59,18 @@ def mood_rates(texts: Iterable[str]) -> dict[str, float]:
     return {m: counts[m] / total if total else 0.0 for m in ALL_MOODS}
 
 
+def topic_rates(texts: Iterable[str]) -> dict[str, float]:
+    """Each topic's share of the nouns of `texts`, pooled (exact: every noun belongs to one topic)."""
+    counts = Counter(NOUN_TOPIC[w] for text in texts for w in text.split() if w in NOUN_TOPIC)
+    total = sum(counts.values())
+    return {t: counts[t] / total if total else 0.0 for t in sorted(set(NOUN_TOPIC.values()))}
+
+
+def target_rates(texts: Sequence[str]) -> dict[str, float]:
+    """Every mood's share of mood-bearing words and every topic's share of nouns (the names are disjoint)."""
+    return {**mood_rates(texts), **topic_rates(texts)}
+
+
 def mood_rate(text: str) -> dict[str, float]:
     return mood_rates([text])
 

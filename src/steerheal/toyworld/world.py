@@ -263,6 +263,24 @@ def contrast_set(mood: str, n: int, seed: int = 0) -> tuple[list[str], list[str]
     return [p[mood].text for p in pairs], [p[NEUTRAL].text for p in pairs]
 
 
+def swap_topic(text: str, topic: str) -> str:
+    """The same story with every noun replaced by `topic`'s noun of the same index (every topic has 6 nouns)."""
+    return " ".join(TOPICS[topic][TOPICS[NOUN_TOPIC[w]].index(w)] if w in NOUN_TOPIC else w for w in text.split())
+
+
+def topic_contrast_set(topic: str, n: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    """(pos, neg) raw story strings, paired: a story about another topic (neg, the others in turn, its mood drawn as
+    an un-prompted story's) and the same story with `topic`'s nouns (pos). Mood words are identical in a pair: in
+    this world topic and mood are independent (a story's topic and mood are drawn separately, and no word is both
+    a noun and mood-bearing)."""
+    if topic not in TOPICS:
+        raise ValueError(f"topic_contrast_set: topic {topic!r} is not one of {sorted(TOPICS)}")
+    rng = _rng(seed, f"topic:{topic}")
+    others = [t for t in sorted(TOPICS) if t != topic]
+    neg = [story(rng, _pick(rng, BASE_MOODS), others[i % len(others)]).text for i in range(n)]
+    return [swap_topic(text, topic) for text in neg], neg
+
+
 def write_corpus(directory: str | Path, seed: int = 0, n_stories: int = 12, n_scenarios: int = 8) -> Path:
     """A `corpus/`-style folder: stories/<mood>.txt, paired/<scenario>/<mood>.txt + baseline.txt,
     direct/_neutral.txt. Stories in one file are separated by blank lines."""
