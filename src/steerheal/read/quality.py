@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
@@ -150,28 +150,42 @@ def _verdict(pc1: float, r2: float, mlp: float, auc: float) -> str:
     return "+".join(flags) or ("clean" if pc1 >= CLEAN_PC1 else "mixed")
 
 
-def heldout_scores(
-    readout: Readout, acts: CorpusActivations, corpus: Corpus, heldout: float, seed: int
-) -> dict[int, dict[str, tuple[float, float]]]:
-    """{layer: {concept: (held-out AUROC, held-out top-1)}} from a readout refitted on the training split."""
-    train, test = corpus.split(heldout, seed)
-    refit = Readout.fit(acts, train, readout.method, readout.fingerprint)
+HeldOut = dict[int, tuple[Float[Tensor, "n_test n_concepts"], Bool[Tensor, " n_test"]]]
+
+
+def project_heldout(
+    refit: Readout, acts: CorpusActivations, train: Corpus, test: Corpus
+) -> tuple[Bool[Tensor, "n_test n_concepts"], HeldOut]:
+    """A readout fitted on `train` scores `test`: (labels in the readout's concept order, {layer: (raw projections,
+    top-1 hit)}). A text's top-1 concept is its highest score after z-scoring each concept over the training texts."""
     rows_train, rows_test = acts.rows(train), acts.rows(test)
     order = [test.concepts.index(c) for c in refit.concepts]
     labels = test.labels[:, order]
-    out: dict[int, dict[str, tuple[float, float]]] = {}
+    out: dict[int, tuple[Tensor, Tensor]] = {}
     for layer in refit.layers:
         rows = refit.vectors[layer]
         fitted = acts.pooled[layer][rows_train] @ rows.T
         raw = acts.pooled[layer][rows_test] @ rows.T
         z = (raw - fitted.mean(0)) / fitted.std(0).clamp(min=1e-12)
         best = z.argmax(1)
-        hit = labels[torch.arange(len(best)), best]
-        out[layer] = {
+        out[layer] = (raw, labels[torch.arange(len(best)), best])
+    return labels, out
+
+
+def heldout_scores(
+    readout: Readout, acts: CorpusActivations, corpus: Corpus, heldout: float, seed: int
+) -> dict[int, dict[str, tuple[float, float]]]:
+    """{layer: {concept: (held-out AUROC, held-out top-1)}} from a readout refitted on the training split."""
+    train, test = corpus.split(heldout, seed)
+    refit = Readout.fit(acts, train, readout.method, readout.fingerprint)
+    labels, per_layer = project_heldout(refit, acts, train, test)
+    return {
+        layer: {
             c: (auroc(raw[labels[:, j], j], raw[~labels[:, j], j]), float(hit[labels[:, j]].float().mean()))
             for j, c in enumerate(refit.concepts)
         }
-    return out
+        for layer, (raw, hit) in per_layer.items()
+    }
 
 
 def quality(
