@@ -386,3 +386,21 @@ def test_readout_capture_on_gemma(gemma3):
             err = (got[layer][i] - want).abs().max().item() / want.abs().max().item()
             print(f"gemma capture layer {layer}: relative error {err:.2e}")
             assert err < CAPTURE_RTOL
+
+
+def test_mean_leaves_out_smollm2s_attention_sink(smollm2):
+    """SmolLM2 adds no BOS, and from block 11 its first token carries a massive activation (one hidden dimension
+    ~22,600, other tokens' whole vectors ~100): `mean` leaves the first position out (lm.texts.content_marks), so the
+    pooled vector is the text's, not the sink's. With the sink in, the mean's norm would be ~1/n of the sink's."""
+    texts = ["The kettle whistled and she laughed at the old joke again.", "Rain fell on the empty platform."]
+    layer = 15
+    (enc,) = encode(smollm2.tok, texts[:1], 512)
+    assert enc.content[0] is False and all(enc.content[1:]), "no BOS: the first token is the sink, the rest content"
+    assert encode(smollm2.tok, ["Hi"], 512)[0].content == (True,), "a one-token text keeps its token"
+    with torch.no_grad():
+        hidden = smollm2.model(torch.tensor([enc.ids]), output_hidden_states=True).hidden_states[layer + 1][0]
+    norms = hidden.norm(dim=-1)
+    assert norms[0] > 20 * norms[1:].max(), "the sink this test is about is there at this layer"
+    got = sh.capture(smollm2.model, smollm2.tok, texts, [layer], "mean", batch_size=2)[layer]
+    torch.testing.assert_close(got[0], hidden[1:].mean(0), rtol=1e-4, atol=1e-3)
+    assert got.norm(dim=-1).max() < 2 * norms[1:].max()

@@ -23,7 +23,8 @@ Text = str | tuple[str, str]
 
 @dataclass(frozen=True)
 class Encoded:
-    """One text as ids: `prompt_len` ids of prompt, then the completion; `content` marks non-special ids."""
+    """One text as ids: `prompt_len` ids of prompt, then the completion; `content` marks the ids `mean` and `all`
+    pool (see `content_marks`)."""
 
     ids: tuple[int, ...]
     prompt_len: int
@@ -72,6 +73,17 @@ def _ids(tok: PreTrainedTokenizerBase, part: str, first: bool) -> list[int]:
     return list(tok(part, add_special_tokens=add_special)["input_ids"])
 
 
+def content_marks(ids: Sequence[int], special: set[int]) -> tuple[bool, ...]:
+    """Which ids are content: not special, and not the first position. The first position is the attention sink
+    whether or not it is a BOS: SmolLM2 adds none, and from block 11 its first token carries ~22,600 in one hidden
+    dimension (other tokens ~60), so a mean over it reads that token instead of the text (docs/readouts.md). A text
+    of one token keeps it."""
+    marks = [i not in special for i in ids]
+    if sum(marks) > 1:
+        marks[0] = False
+    return tuple(marks)
+
+
 def encode(tok: PreTrainedTokenizerBase, texts: Sequence[Text], max_len: int, what: str = "texts") -> list[Encoded]:
     """Every text as `Encoded`; an empty text or one longer than `max_len` tokens is an error naming it."""
     require_pad_token(tok)
@@ -92,7 +104,7 @@ def encode(tok: PreTrainedTokenizerBase, texts: Sequence[Text], max_len: int, wh
                 f"{what}[{i}] is {len(ids)} tokens, longer than the model's context of {max_len}; "
                 f"shorten it (it starts {prompt[:60]!r})"
             )
-        out.append(Encoded(tuple(ids), prompt_len, tuple(t not in special for t in ids)))
+        out.append(Encoded(tuple(ids), prompt_len, content_marks(ids, special)))
     return out
 
 
@@ -105,7 +117,7 @@ def encode_ids(tok: PreTrainedTokenizerBase, prompt_ids: Sequence[int], completi
     """An `Encoded` from ids already tokenised (a sampled completion is never re-tokenised)."""
     special = set(tok.all_special_ids)
     ids = (*prompt_ids, *completion_ids)
-    return Encoded(tuple(int(i) for i in ids), len(prompt_ids), tuple(i not in special for i in ids))
+    return Encoded(tuple(int(i) for i in ids), len(prompt_ids), content_marks(ids, special))
 
 
 def left_pad(items: Sequence[Encoded], pad_id: int) -> Batch:

@@ -5,11 +5,11 @@ the last block is read before the final norm that transformers applies to its la
 
 Positions: `last` (last non-pad token), `prompt_end` (last token of the prompt: the assistant tag of a
 templated prompt, or the prompt part of a `(prompt, completion)` pair), `mean` (mean over content tokens:
-non-pad and non-special, so a BOS attention sink or template tags never dominate), `all` (every content
-token, kept per text). Each unique text is forwarded once; the forward pass stops after the deepest
-requested block (no later blocks, no LM head); activations leave on the CPU in float32 (float64 when the
-model computes in float64, so exactness checks keep their precision); hooks are removed also when the
-forward raises.
+non-pad, non-special and not the first position, so an attention sink, BOS or not, and template tags never
+dominate; `lm.texts.content_marks`), `all` (every content token, kept per text). Each unique text is
+forwarded once; the forward pass stops after the deepest requested block (no later blocks, no LM head);
+activations leave on the CPU in float32 (float64 when the model computes in float64, so exactness checks keep
+their precision); hooks are removed also when the forward raises.
 """
 
 from __future__ import annotations
