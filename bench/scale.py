@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 REPEATS = 2
-ROUND = ["--n-pairs", "32", "--verify.n-prompts", "16", "--stop.max-rounds", "1"]
+ROUND = ["--n-pairs", "32", "--verify.n-prompts", "16", "--stop.max-rounds", "1", "--verify.no-frontier"]
 BIN = Path(sys.executable).parent
 
 
