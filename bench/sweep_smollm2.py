@@ -30,7 +30,7 @@ import torch
 LRS = (1e-3, 3e-3)
 TAUS = (0.02, 0.2)
 N_PAIRS = (48, 24)  # the preset's 48 first
-PRESET = {"lr": 1e-3, "tau": 0.02, "n_pairs": 48}
+PRESET = {"n_pairs": 48, "lr": 1e-3, "tau": 0.02}  # the smollm2 preset's point, in the key order of a row
 DEFAULT_RESULTS = Path(tempfile.gettempdir()) / "steerheal-sweep-smollm2.jsonl"
 
 
@@ -73,7 +73,7 @@ def _vader(prompts: list[str], texts: list[str]) -> float:
     return VaderJudge()(list(zip(prompts, texts, strict=True)))["compound"]
 
 
-def measure(results: Path, workdir: Path) -> None:
+def measure(results: Path, workdir: Path, points: set[tuple[int, float, float]] | None = None) -> None:
     from steerheal.lm.generate import decode
     from steerheal.read.sampler import use_sampler
 
@@ -81,7 +81,12 @@ def measure(results: Path, workdir: Path) -> None:
     done = {(r["n_pairs"], r["lr"], r["tau"]) for r in _read(results)}
     reference = None
     for n_pairs in N_PAIRS:
-        todo = [(lr, tau) for lr in LRS for tau in TAUS if (n_pairs, lr, tau) not in done]
+        todo = [
+            (lr, tau)
+            for lr in LRS
+            for tau in TAUS
+            if (n_pairs, lr, tau) not in done and (points is None or (n_pairs, lr, tau) in points)
+        ]
         if not todo:
             continue
         data_times: dict[str, float] = {}
@@ -174,19 +179,47 @@ def table(results: Path) -> None:
         print(f"\nshared stages for n_pairs {n} (once): {parts}")
 
 
+def stages(results: Path) -> None:
+    """Time per stage of one smollm2 round: round 0 at the preset's point (its shared stages and its heal + verify)."""
+    row = next((r for r in _read(results) if (r["n_pairs"], r["lr"], r["tau"]) == tuple(PRESET.values())), None)
+    if row is None:
+        print("(the preset's point is not in the results yet)")
+        return
+    times = {name.split()[-1]: s for name, s in row["data_s"].items()}
+    times.update(heal=row["heal_s"], verify=row["verify_s"])
+    print(
+        f"round 0 of the smollm2 preset (48 pairs, {row['kept']} kept), 1 torch thread, load average (1 min) "
+        f"{row['load']:.1f} when it ended, on 2 shared cores: an upper bound for a quiet machine"
+    )
+    print()
+    print("| " + " | ".join(times) + " | total |")
+    print("|" + "---|" * (len(times) + 1))
+    print("| " + " | ".join(f"{s:.0f} s" for s in times.values()) + f" | {sum(times.values()):.0f} s |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
     parser.add_argument("--table", action="store_true", help="only print the table of the results file")
     parser.add_argument("--no-write", action="store_true", help="do not write docs/smollm2.md")
+    parser.add_argument(
+        "--points",
+        nargs="+",
+        metavar="N:LR:TAU",
+        help="measure only these grid points (default: every point not in --results)",
+    )
     args = parser.parse_args()
+    points = None
+    if args.points:
+        points = {(int(n), float(lr), float(tau)) for n, lr, tau in (p.split(":") for p in args.points)}
     if not args.table:
         with tempfile.TemporaryDirectory() as workdir:
-            measure(args.results, Path(workdir))
+            measure(args.results, Path(workdir), points)
     sys.path.insert(0, str(Path(__file__).parent))
     from docs_section import run_into_docs
 
     run_into_docs("smollm2.md", "sweep-smollm2", "just sweep-smollm2", lambda: table(args.results))
+    run_into_docs("benchmarks.md", "smollm2-stages", "just sweep-smollm2", lambda: stages(args.results))
 
 
 if __name__ == "__main__":
