@@ -69,6 +69,10 @@ bench-heal:
 bench-heal-real *ARGS:
     python bench/heal_real.py "$@"
 
+# sampling on SmolLM2 with transformers' repeat_kv vs SDPA's enable_gqa (docs/benchmarks.md)
+bench-sampling-gqa:
+    python bench/sampling_gqa.py
+
 # lr x tau x n_pairs for the smollm2 preset, round 0 each, through the loop's code (docs/smollm2.md; ~1 h at 1 thread)
 sweep-smollm2 *ARGS:
     python bench/sweep_smollm2.py "$@"

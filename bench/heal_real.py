@@ -58,7 +58,8 @@ def memory_variant(variant: str) -> None:
 
     model, tok = sh.load_model("gemma-3-270m")
     head = head_parts(model)
-    text = (Path(sh.__file__).parent / "data" / "tiny_corpus.txt").read_text()
+    data = Path(sh.__file__).parent / "data"
+    text = (data / "neutral_prompts.txt").read_text() + (data / "tiny_corpus.txt").read_text()
     ids = torch.tensor(tok(text, add_special_tokens=False)["input_ids"][: BATCH * LENGTH]).view(BATCH, LENGTH)
     ones = torch.ones_like(ids)
     positions_ids = torch.arange(LENGTH).expand(BATCH, LENGTH).contiguous()
