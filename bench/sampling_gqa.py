@@ -41,7 +41,7 @@ def main() -> None:
     plain, grouped = statistics.median(times[False]), statistics.median(times[True])
     print(
         f"SmolLM2-135M-Instruct, 16 prompts x up to 48 new tokens ({tokens} sampled), batch 16, 1 thread, median of "
-        f"{REPEATS} interleaved; load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after (2 cores, shared)"
+        f"{REPEATS} interleaved; load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after (2 shared cores)"
     )
     print("| attention | median s | ratio |")
     print("|---|---|---|")
