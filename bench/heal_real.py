@@ -47,6 +47,7 @@ def memory_variant(variant: str) -> None:
     import steerheal as sh
     from steerheal.lm.texts import Batch
     from steerheal.training.bounded import (
+        HeadParts,
         completion_positions,
         final_hidden,
         gather,
@@ -57,7 +58,9 @@ def memory_variant(variant: str) -> None:
     from steerheal.training.losses import aggregate_kl, barrier, kl_barrier
 
     model, tok = sh.load_model("gemma-3-270m")
-    head = head_parts(model)
+    parts = head_parts(model)
+    # frozen, as under heal (only the adapter trains): no [vocab, hidden] weight gradient on either path
+    head = HeadParts(parts.weight.detach(), None if parts.bias is None else parts.bias.detach(), parts.cap)
     data = Path(sh.__file__).parent / "data"
     text = (data / "neutral_prompts.txt").read_text() + (data / "tiny_corpus.txt").read_text()
     ids = torch.tensor(tok(text, add_special_tokens=False)["input_ids"][: BATCH * LENGTH]).view(BATCH, LENGTH)
