@@ -173,10 +173,14 @@ def table(results: Path) -> None:
             f"{r['kl_p95']:.3g} | {r['active']:.2f} ({r['D_last']:.3f}) | {r['kept']}/{r['pairs']} | "
             f"{r['heal_s']:.0f} + {r['verify_s']:.0f} | {mark} |"
         )
-    data = {r["n_pairs"]: r["data_s"] for r in rows}
-    for n, times in sorted(data.items()):
-        parts = ", ".join(f"{name.split()[-1]} {s:.0f} s" for name, s in times.items())
-        print(f"\nshared stages for n_pairs {n} (once): {parts}")
+    # the shared stages, once per process and n_pairs (a later process builds the reference again)
+    served: dict[str, list[str]] = {}
+    for r in rows:
+        parts = ", ".join(f"{name.split()[-1]} {s:.0f} s" for name, s in r["data_s"].items())
+        served.setdefault(f"n_pairs {r['n_pairs']}: {parts}", []).append(f"lr {r['lr']:g} tau {r['tau']:g}")
+    print()
+    for shared, points in served.items():
+        print(f"- shared stages for {shared}; used by {', '.join(points)}")
 
 
 def stages(results: Path) -> None:
