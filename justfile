@@ -49,6 +49,10 @@ fmt:
 bench-extract:
     python bench/extract.py
 
+# the same on SmolLM2-135M-Instruct at Vector.train's default layers (docs/benchmarks.md)
+bench-extract-smollm2:
+    python bench/extract.py --smollm2
+
 # safeguarded dose search vs plain bisection: KL evaluations and time (docs/benchmarks.md)
 bench-calibrate:
     python bench/calibrate.py
@@ -60,6 +64,19 @@ bench-adapter *ARGS:
 # the barrier's memory (bounded vs naive, vocab 262144) and a heal step vs a plain SFT step (docs/benchmarks.md)
 bench-heal:
     python bench/heal.py
+
+# a heal step vs a plain SFT step on SmolLM2-135M-Instruct (and flush_denormal), the barrier's memory on
+# Gemma-3-270M's 262,144-token head (docs/benchmarks.md); --speed or --memory for one of them
+bench-heal-real *ARGS:
+    python bench/heal_real.py "$@"
+
+# sampling on SmolLM2 with transformers' repeat_kv vs SDPA's enable_gqa (docs/benchmarks.md)
+bench-sampling-gqa:
+    python bench/sampling_gqa.py
+
+# lr x tau x n_pairs for the smollm2 preset, round 0 each, through the loop's code (docs/smollm2.md; ~1 h at 1 thread)
+sweep-smollm2 *ARGS:
+    python bench/sweep_smollm2.py "$@"
 
 # the method on toyworld: 3 rounds x 3 seeds, and the ablation against plain SFT (docs/results.md; ~15 min)
 bench-toyworld:

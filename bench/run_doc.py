@@ -3,6 +3,8 @@ model's figures in the docs come from its run, not from memory: `just run-doc RU
 
 Writes docs/NAME.md (a header naming the run's command, model, seed and commit, then the run's report.md) and
 copies frontier.png and trajectory.png as docs/NAME-frontier.png / docs/NAME-trajectory.png when they exist.
+Whatever the page held from the line `<!-- run-doc: kept below -->` on (measurements written by other bench
+scripts, such as the smollm2 sweep) is kept after the new report.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+KEEP = "<!-- run-doc: kept below -->"
 
 
 def main(run: Path, name: str) -> None:
@@ -32,7 +35,10 @@ def main(run: Path, name: str) -> None:
         f"the run was made at commit {commit or 'unknown'} with `steerheal run --preset {config['name']}` "
         "(its config.json holds every option). Nothing below is typed by hand.\n\n"
     )
-    (ROOT / "docs" / f"{name}.md").write_text(header + report.split("\n", 1)[1])
+    page = ROOT / "docs" / f"{name}.md"
+    old = page.read_text() if page.is_file() else ""
+    kept = "\n" + old[old.index(KEEP) :] if KEEP in old else ""
+    page.write_text(header + report.split("\n", 1)[1].rstrip("\n") + "\n" + kept)
     print(f"docs/{name}.md")
 
 

@@ -241,6 +241,36 @@ def test_broadcast_mask_attention_equals_transformers_sdpa(arch):
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
+def test_grouped_query_attention_without_grad_is_bit_for_bit_repeat_kv():
+    """attention.py: without gradients a grouped-query model runs SDPA with enable_gqa instead of transformers'
+    repeat_kv; exactly the same logits (prefill of a left-padded batch and a cached decoding step) as the
+    repeat_kv path, which still runs with gradients."""
+    from steerheal.lm.texts import encode, left_pad
+
+    grouped = 0
+    for arch in sh.TINY_ARCHS:
+        model, tok = tiny(arch)
+        config = model.config.get_text_config()
+        if getattr(config, "num_key_value_heads", None) in (None, config.num_attention_heads):
+            continue
+        grouped += 1
+        batch = left_pad(
+            encode(tok, ["Rain.", "The harbour at noon, with gulls over the ferry."], 512), tok.pad_token_id
+        )
+        kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)
+        step = dict(input_ids=batch.input_ids[:, -1:], position_ids=batch.position_ids[:, -1:] + 1)
+        step["attention_mask"] = torch.cat([batch.attention_mask, torch.ones_like(batch.attention_mask[:, :1])], 1)
+        outputs = []
+        for grad in (False, True):
+            with torch.set_grad_enabled(grad):
+                first = model(**kwargs, use_cache=True)
+                second = model(**step, past_key_values=first.past_key_values, use_cache=True)
+            outputs.append((first.logits.detach(), second.logits.detach()))
+        assert torch.equal(outputs[0][0], outputs[1][0]), arch
+        assert torch.equal(outputs[0][1], outputs[1][1]), arch
+    assert grouped >= 2, "the tiny architectures should include grouped-query models"
+
+
 def test_mlp_write_directions_every_arch_and_4bit(tmp_path):
     """One row per MLP neuron: what it writes into the residual stream (the quality report's neuron check)."""
     from steerheal.lm.blocks import MLP_OUT_PATHS, mlp_write_directions

@@ -32,7 +32,7 @@ from steerheal.adapter.gated import GatedLoRA
 from steerheal.boundary import checked
 from steerheal.dose.calibrate import calibrate_dose
 from steerheal.dose.filters import FilterConfig
-from steerheal.dose.pairs import write_pairs
+from steerheal.dose.pairs import PreferencePair, write_pairs
 from steerheal.dose.walk import dose_walk, walk_and_pair
 from steerheal.errors import SteerhealError
 from steerheal.files import atomic_write_bytes, atomic_write_json, defined, read_json
@@ -55,6 +55,15 @@ from steerheal.training.losses import lam_schedule
 def round_seed(seed: int, k: int) -> int:
     """Round k's random state: a function of (seed, k) only, so a replayed round draws the same numbers."""
     return derived_seed("round", seed, k, bits=32)
+
+
+@dataclass
+class RoundData:
+    """What a round's heal is made from: the pairs, the dose they were made at, and the vector's rank drift."""
+
+    pairs: list[PreferencePair]
+    dose: dict[str, Any]
+    vector_drift: float
 
 
 @dataclass
@@ -111,16 +120,19 @@ class Loop:
         return vector
 
     def round(self, k: int) -> tuple[dict[str, Any], list[dict[str, str]]]:
-        c, model, tok, adapter, concept = self.config, self.model, self.tok, self.adapter, self.concept
+        times: dict[str, float] = {}
+        return self.heal_and_verify(k, self.round_data(k, times), times)
+
+    def round_data(self, k: int, times: dict[str, float]) -> RoundData:
+        """Round k's first stages: extract, calibrate, pairs (saved with the vector) and the round-0 reference."""
+        c, model, tok, concept = self.config, self.model, self.tok, self.concept
         seed = round_seed(c.seed, k)
         folder = self.run.round_dir(k)
         folder.mkdir(parents=True, exist_ok=True)
         self.run.log({"event": "round_start", "round": k, "seed": seed})
-        times: dict[str, float] = {}
         with stage(f"round {k} extract", times):
             vector = round_teacher(concept, model, tok, c, k)
         vector_drift = dist.broadcast_tensors(list(vector.directions.values()))  # rank 0's vector on every rank
-        target = c.dose.target(k)
         with stage(f"round {k} calibrate", times):
             calibrate_dose(vector, model, tok, concept.calibration_prompts, c.dose, k, seed, c.sampling.batch_size)
         filters = _filters(c)
@@ -149,6 +161,17 @@ class Loop:
                 self._reference(teacher0)
             elif self.reference is None:
                 self._reference(self._teacher0())
+        return RoundData(pairs, dose, vector_drift)
+
+    def heal_and_verify(
+        self, k: int, data: RoundData, times: dict[str, float]
+    ) -> tuple[dict[str, Any], list[dict[str, str]]]:
+        """Round k's last stages on `data`: heal the current round, fold it, verify, save (bench/sweep_smollm2.py
+        repeats them on one round's data under several heal settings)."""
+        c, model, adapter = self.config, self.model, self.adapter
+        seed, folder = round_seed(c.seed, k), self.run.round_dir(k)
+        pairs, dose, vector_drift = data.pairs, data.dose, data.vector_drift
+        target = c.dose.target(k)
         lam, tau = lam_schedule(c.heal.lam, k, c.lam_power), lam_schedule(c.heal.tau, k, c.tau_power)
         heal_config = dataclasses.replace(c.heal, lam=lam, tau=tau, seed=seed)
         self.run.log(
@@ -191,6 +214,7 @@ class Loop:
             "sft_first_epoch": result.epoch_mean("sft", 0),
             "sft_last_epoch": result.epoch_mean("sft", heal_config.epochs - 1),
             "D_last_epoch": result.epoch_mean("D_mean", heal_config.epochs - 1),
+            "active_last_epoch": result.epoch_mean("active_fraction", heal_config.epochs - 1),
         }
         metrics = defined(metrics)
         if self.run.writes:
