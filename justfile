@@ -111,5 +111,5 @@ bench-filters-real:
     python bench/filters_real.py
 
 # copy a finished run's report.md and figures into docs/NAME.md (real-model figures come from their run)
-run-doc RUN NAME:
-    python bench/run_doc.py "$1" "$2"
+run-doc RUN NAME *COMMAND:
+    python bench/run_doc.py "$@"

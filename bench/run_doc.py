@@ -1,5 +1,6 @@
 """Copy a finished run's report (report.md, its figures and a screenshot of report.html) into docs/, so a real
-model's figures in the docs come from its run, not from memory: `just run-doc RUN NAME`.
+model's figures in the docs come from its run, not from memory: `just run-doc RUN NAME ["COMMAND"]` (the command
+line that made the run, named in the header: a run folder records its whole config, not how it was typed).
 
 Writes docs/NAME.md (a header naming the run's command, model, seed and commit, then the run's report.md) and
 copies frontier.png and trajectory.png as docs/NAME-frontier.png / docs/NAME-trajectory.png when they exist.
@@ -29,11 +30,13 @@ def main(run: Path, name: str) -> None:
             report = report.replace(f"({figure}.png)", f"({name}-{figure}.png)")
     attempts = env.get("attempts") or [env]
     commit = next((a.get("git_commit") for a in attempts if isinstance(a, dict) and a.get("git_commit")), None)
+    command = sys.argv[3] if len(sys.argv) > 3 else None  # the run records its config, not its command line
+    how = f" with `{command}`" if command else ""
     header = (
         f"# A {config['model']} run ({config['name']}, seed {config['seed']})\n\n"
         f"Copied from the run's own report.md by `just run-doc {run} {name}` on {datetime.date.today().isoformat()}; "
-        f"the run was made at commit {commit or 'unknown'} with `steerheal run --preset {config['name']}` "
-        "(its config.json holds every option). Nothing below is typed by hand.\n\n"
+        f"the run was made at commit {commit or 'unknown'}{how} (its config.json holds every option). Nothing below "
+        "is typed by hand.\n\n"
     )
     page = ROOT / "docs" / f"{name}.md"
     old = page.read_text() if page.is_file() else ""
