@@ -22,6 +22,7 @@ from typing import Any
 
 from steerheal import dist
 from steerheal.adapter.bank import Bank, check_concepts
+from steerheal.boundary import checked
 from steerheal.errors import SteerhealError
 from steerheal.files import atomic_write_json, defined, provenance, read_json
 from steerheal.log import logger
@@ -84,6 +85,7 @@ def independent(config: RunConfig, i: str, j: str) -> bool:
     return (i in MOODS and j in TOPICS) or (i in TOPICS and j in MOODS)
 
 
+@checked
 def run_bank(config: RunConfig, overwrite: bool = False, resume: bool = False) -> BankResult:
     """Each concept of `config.concepts` as its own run, then the bank's cross-talk and report."""
     members = check_bank(config)
