@@ -19,20 +19,15 @@ from pathlib import Path
 import torch
 
 import steerheal as sh
+from smollm2_teacher import calibrated_teacher
 from steerheal.dose.pairs import completion_checks
-from steerheal.loop.concepts import build_concept
 
 N_PROMPTS = 32
 
 
 def main() -> None:
     torch.set_num_threads(1)
-    config = sh.preset("smollm2")
-    model, tok = sh.load_model(config.model)
-    concept = build_concept(replace(config, verify=replace(config.verify, readout=False)), tok)
-    teacher = concept.teacher
-    v = sh.Vector.train(model, tok, teacher.pos, teacher.neg, position=teacher.position)
-    v.calibrate(model, tok, concept.calibration_prompts, 1.0, n_tokens=16, liveness_samples=0)
+    config, model, tok, concept, v = calibrated_teacher()
     prompts = concept.train_prompts(0)[:N_PROMPTS]
     sampling = config.sampling
     make = sh.make_pairs(model, tok, v, prompts, 1.0, 0, sampling, config.filters)

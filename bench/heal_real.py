@@ -23,22 +23,15 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from heal import MALLOC, _rss  # bench/heal.py: glibc's fixed mmap threshold and the OS's RSS figures
+
 BATCH, LENGTH, PROMPT, CHUNK = 2, 512, 16, 512
 LIMIT_BYTES = 14 * 2**30
-MALLOC = {"MALLOC_MMAP_THRESHOLD_": "1048576", "MALLOC_TRIM_THRESHOLD_": "1048576"}
 REPEATS = 5
-
-
-def _rss(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def memory_variant(variant: str) -> None:
@@ -148,15 +141,10 @@ def memory() -> None:
 
 def _setup() -> tuple:
     import steerheal as sh
-    from steerheal.loop.concepts import build_concept
+    from smollm2_teacher import calibrated_teacher
     from steerheal.training.heal import _Example
 
-    config = sh.preset("smollm2")
-    model, tok = sh.load_model(config.model)
-    concept = build_concept(replace(config, verify=replace(config.verify, readout=False)), tok)
-    teacher = concept.teacher
-    v = sh.Vector.train(model, tok, teacher.pos, teacher.neg, position=teacher.position)
-    v.calibrate(model, tok, concept.calibration_prompts, 1.0, n_tokens=16, liveness_samples=0)
+    config, model, tok, concept, v = calibrated_teacher()
     pairs = sh.make_pairs(model, tok, v, concept.train_prompts(0)[:16], 1.0, 0, config.sampling, config.filters)
     kept = [p for p in pairs if p.kept][:8]
     examples = [_Example(tuple(p.prompt_ids), tuple(p.chosen_ids), tuple(p.rejected_ids)) for p in kept]
