@@ -10,7 +10,6 @@ bit; a concept at dial 0 adds exact zeros, so the others' output is what they gi
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
@@ -24,8 +23,8 @@ from steerheal.adapter import save_and_load
 from steerheal.adapter.bake import merge_dense
 from steerheal.adapter.dial import undialled_gates
 from steerheal.adapter.gated import GatedLoRA
-from steerheal.adapter.round import check_gate, check_rank, group_prefix
-from steerheal.adapter.targets import check_band, check_unadapted, select_targets
+from steerheal.adapter.round import check_gate, group_prefix
+from steerheal.adapter.targets import attach_plan
 from steerheal.boundary import check_methods, checked
 from steerheal.errors import SteerhealError
 from steerheal.files import atomic_write_json, provenance, read_json
@@ -89,17 +88,9 @@ class Bank:
         """A fresh zero-initialised `round_0` per concept on `model` (in place; the output is unchanged), all on
         the same targets. The first concept's current round is the trainable one; `train(concept)` switches."""
         names = check_concepts(concepts)
-        check_rank(r, "r")
-        if not math.isfinite(alpha) or alpha <= 0:
-            raise SteerhealError(f"alpha={alpha!r}: LoRA alpha is a positive number (peft scales by alpha / r)")
-        band = check_band(depth_band)
-        check_unadapted(model)
-        targets, fan_in_fan_out = select_targets(model, target_modules, band)
-        patterns = [target_modules] if isinstance(target_modules, str) else target_modules
+        patterns, band, targets, fan_in_fan_out = attach_plan(model, r, alpha, target_modules, depth_band)
         bank = cls()
-        first = GatedLoRA(
-            model, r, alpha, None if patterns is None else list(patterns), band, targets, fan_in_fan_out, seed
-        )
+        first = GatedLoRA(model, r, alpha, patterns, band, targets, fan_in_fan_out, seed)
         for name in names:
             view = first if name == names[0] else GatedLoRA(
                 model, r, alpha, first.target_modules, band, targets, fan_in_fan_out, seed

@@ -33,7 +33,7 @@ from steerheal.adapter import export, save_and_load
 from steerheal.adapter.dial import Dial, _DialState
 from steerheal.adapter.lowrank import dense_delta, truncated_svd, weighted_concat
 from steerheal.adapter.round import Round, check_gate, check_rank, round_name
-from steerheal.adapter.targets import check_band, check_unadapted, select_targets
+from steerheal.adapter.targets import attach_plan
 from steerheal.boundary import check_methods, checked
 from steerheal.errors import SteerhealError
 from steerheal.lm.blocks import unwrap
@@ -94,14 +94,8 @@ class GatedLoRA:
         blocks whose centre lies in `depth_band` (block i of n iff band[0] <= (i + 0.5)/n < band[1]).
         `seed` makes each round's random A factor reproducible without touching the global RNG.
         """
-        check_rank(r, "r")
-        if not math.isfinite(alpha) or alpha <= 0:
-            raise SteerhealError(f"alpha={alpha!r}: LoRA alpha is a positive number (peft scales by alpha / r)")
-        band = check_band(depth_band)
-        check_unadapted(model)
-        names, fan_in_fan_out = select_targets(model, target_modules, band)
-        patterns = [target_modules] if isinstance(target_modules, str) else target_modules
-        handle = cls(model, r, alpha, None if patterns is None else list(patterns), band, names, fan_in_fan_out, seed)
+        patterns, band, names, fan_in_fan_out = attach_plan(model, r, alpha, target_modules, depth_band)
+        handle = cls(model, r, alpha, patterns, band, names, fan_in_fan_out, seed)
         return handle._start()
 
     def _start(self) -> GatedLoRA:

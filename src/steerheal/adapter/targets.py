@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from steerheal.adapter.round import check_rank
 from steerheal.errors import SteerhealError
 from steerheal.lm.blocks import decoder_layers, unwrap
 from steerheal.log import quiet_bitsandbytes
@@ -129,3 +130,18 @@ def check_unadapted(model: nn.Module) -> None:
             f"this {type(inner).__name__} already carries peft adapters; attach or load a GatedLoRA onto a model "
             "without any (reload the base, or keep using the GatedLoRA that is already attached)"
         )
+
+
+def attach_plan(
+    model: nn.Module, r: int, alpha: float, target_modules: str | Sequence[str] | None, depth_band: Sequence[float]
+) -> tuple[list[str] | None, tuple[float, float], list[str], bool]:
+    """What a GatedLoRA or a Bank attaches, checked before anything changes `model`: (the target patterns as a list,
+    the depth band, the target module names, fan_in_fan_out)."""
+    check_rank(r, "r")
+    if not math.isfinite(alpha) or alpha <= 0:
+        raise SteerhealError(f"alpha={alpha!r}: LoRA alpha is a positive number (peft scales by alpha / r)")
+    band = check_band(depth_band)
+    check_unadapted(model)
+    names, fan_in_fan_out = select_targets(model, target_modules, band)
+    patterns = [target_modules] if isinstance(target_modules, str) else target_modules
+    return None if patterns is None else list(patterns), band, names, fan_in_fan_out
