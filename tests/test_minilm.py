@@ -112,3 +112,15 @@ def test_minilm_reads_the_emotions_corpus_on_held_out_texts(capsys):
     report = quality(ro, model, tok, corpus, show=False, acts=pooled)  # BERT's MLP columns: output.dense
     assert report.table.height == 2 * k and report.table["mlp_cos"].is_between(0, 1).all()
     assert report.summary["mlp_cos_chance"] < 0.5
+
+
+def test_loading_an_encoder_prints_no_attention_warning():
+    """BERT's attention is not built on transformers' AttentionInterface, so steerheal leaves it on `sdpa` instead of
+    asking transformers to switch it (which only printed a warning in every run that loaded a judge)."""
+    from transformers.testing_utils import CaptureLogger
+    from transformers.utils import logging
+
+    with CaptureLogger(logging.get_logger("transformers.modeling_utils")) as captured:
+        model, _ = sh.load_model(minilm_path())
+    assert "does not support setting its attention implementation" not in captured.out
+    assert model.config._attn_implementation == "sdpa"

@@ -87,8 +87,12 @@ def _grouped_sdpa(
 
 
 def use_broadcast_mask(model: PreTrainedModel) -> None:
-    """Switch a model that runs transformers' `sdpa` attention to `steerheal_sdpa` (others are left as they are)."""
+    """Switch a model that runs transformers' `sdpa` attention to `steerheal_sdpa` (others are left as they are,
+    and so are models whose attention is not built on `AttentionInterface`, such as BERT: transformers would only
+    print a warning for them)."""
     if getattr(model.config, "_attn_implementation", None) != "sdpa":
+        return
+    if not model._can_set_attn_implementation():
         return
     _register()
     model.set_attn_implementation(NAME)
