@@ -267,6 +267,8 @@ def preset(name: str) -> RunConfig:
         # end (docs/loop.md). Held-out 64 prompts, disjoint from calibration and training (280 shipped).
         # lr and tau: the wave-2 probe learned little at lr 2e-4 (retain 0.16) and its barrier never fired at
         # tau 1.0 (D 0.01-0.02); docs/loop.md gives the runs behind these values.
+        # All 3 rounds run (no trait-gain stop; the coherence floor still applies): the preset shows what each
+        # round adds, and its report's per-round table says whether a round raised retain.
         return RunConfig(
             name="smollm2",
             model="smollm2-135m-instruct",
@@ -277,6 +279,7 @@ def preset(name: str) -> RunConfig:
             filters=FilterConfig(cut_unfinished=True),
             adapter=AdapterConfig(r=8, alpha=16.0),
             heal=HealConfig(lr=1e-3, epochs=2, batch_size=4, grad_accum=2, tau=0.02, lam=1.0),
+            stop=StopConfig(min_trait_gain=-1e9),
             verify=VerifyConfig(
                 n_prompts=64, max_new_tokens=48, n_samples=4, frontier=True, judge_model="gemma-3-270m"
             ),
