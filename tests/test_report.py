@@ -104,7 +104,11 @@ def test_frontier_section_on_a_fixture_event(finished, tmp_path):
     assert "2 of 2 student points above steering" in html
     _, view = open_view(copied)
     assert [p.key for p in page.render_parts(view)][:2] == ["verdict", "frontier"]
-    assert "| frontier |" in paths["md"].read_text(), "the frontier's time, from the event before it"
+    md = paths["md"].read_text()
+    head = next(line for line in md.splitlines() if line.startswith("|  |") and line.endswith("| total |"))
+    row = next(line for line in md.splitlines() if line.startswith("| frontier |"))
+    assert row.count("|") == head.count("|"), "the frontier's row has a cell under every stage"
+    assert row.split("|")[-2].strip().endswith(" s"), "the frontier's time, from the event before it, as its total"
 
 
 def _metrics(**over):

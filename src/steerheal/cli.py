@@ -30,7 +30,7 @@ from steerheal.loop.runconfig import PRESETS, RunConfig, preset
 USAGE = """usage: steerheal {run,extract,calibrate,verify,report,export,frontier,dial} [options]
 
   run        the loop: rounds of re-extract, calibrate, pairs, heal, fold, verify, checkpoint
-             (--preset toyworld|fast-dev-run|real, --overwrite, --resume, RunConfig overrides)
+             (--preset toyworld|fast-dev-run|real|smollm2, --overwrite, --resume, RunConfig overrides)
   extract    read the concept's teacher vector and save it (--out DIR, RunConfig overrides)
   calibrate  set a saved vector's iso-KL dose (--vector DIR, RunConfig overrides)
   verify     re-run a round's verification and print it (RUN [--round K])

@@ -99,7 +99,7 @@ def timing_section(run: RunView) -> Part:
     head, rows = stage_table(run)
     frontier = frontier_seconds(run)
     if frontier is not None:
-        rows.append(["frontier", *[None] * (len(head) - 3), frontier])
+        rows.append(["frontier", *[None] * (len(head) - 2), frontier])
     text_rows = [[row[0], *[_s(v) for v in row[1:]]] for row in rows]
     svg, png = render(_figure(head[1:-1], [r for r in rows if r[0] != "frontier"]))
     attempts = sorted({e.get("attempt") for e in run.rounds})

@@ -57,7 +57,7 @@ def _retain_status(retain: float | None) -> str:
 
 def trait_check(metrics: dict[str, Any]) -> Check:
     trait, retain = metrics["trait"], metrics.get("retain")
-    numbers = [("trait (projection)", _shift(trait)), ("retain (projection)", fmt(retain, 2))]
+    numbers = [("trait (projection)", _shift(trait)), ("retain (projection)", fmt(retain))]
     truth = metrics.get("truth")
     decisive, source = retain, "the teacher projection"
     if truth is not None:
