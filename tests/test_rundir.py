@@ -268,3 +268,36 @@ def test_threads_default_follows_the_model(tmp_path):
     assert dataclasses.replace(preset("real"), threads=None).torch_threads() == max(1, min(os.cpu_count() or 1, 8))
     assert dataclasses.replace(preset("real"), threads=2).torch_threads() == 2
     validate(_config(tmp_path, threads=2))
+
+
+def test_provenance_says_whether_the_code_differs_from_its_commit(tmp_path, monkeypatch):
+    """A run made by uncommitted code records git_dirty: checking out git_commit would not reproduce it. Untracked
+    files (a run folder, a scratch script) do not count; files outside steerheal's own folder do not either."""
+    repo, code = tmp_path / "repo", tmp_path / "repo" / "src" / "steerheal"
+    code.mkdir(parents=True)
+    (code / "module.py").write_text("x = 1\n")
+    (repo / "notes.md").write_text("notes\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+
+    def state() -> tuple[str | None, bool | None]:
+        files.git_commit.cache_clear()
+        files.git_dirty.cache_clear()
+        return files.git_commit(), files.git_dirty()
+
+    monkeypatch.setattr(files, "CODE", code)
+    try:
+        commit, dirty = state()
+        assert commit is not None and len(commit) == 40 and dirty is False
+        (code / "scratch.py").write_text("y = 2\n")
+        (repo / "notes.md").write_text("edited\n")
+        assert state() == (commit, False), "untracked files and files outside the package are not the code"
+        (code / "module.py").write_text("x = 2\n")
+        assert state() == (commit, True)
+        monkeypatch.setattr(files, "CODE", tmp_path)
+        assert state() == (None, None), "not a checkout (an installed wheel): unknown, not clean"
+    finally:
+        monkeypatch.undo()
+        state()

@@ -145,29 +145,41 @@ def check_finite(values: dict[str, torch.Tensor] | dict[str, float], what: str) 
             raise SteerhealError(f"{what}: entry {key!r} contains NaN or inf; the file is damaged")
 
 
+CODE = Path(__file__).resolve().parent
+"""steerheal's own folder: the checkout (or installed package) the provenance fields describe."""
+
+
+def _git(*args: str) -> str | None:
+    """git's output in the folder of this code, or None when it is not a checkout (an installed wheel)."""
+    try:
+        out = subprocess.run(["git", *args], cwd=CODE, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
 @cache
 def git_commit() -> str | None:
     """The commit of the steerheal checkout this code runs from, when it runs from one."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    out = _git("rev-parse", "HEAD")
+    return out.strip() or None if out is not None else None
+
+
+@cache
+def git_dirty() -> bool | None:
+    """Whether steerheal's own tracked files differ from `git_commit()` (a result made by uncommitted code is not
+    reproduced by checking out the commit); None outside a checkout."""
+    out = _git("status", "--porcelain", "--untracked-files=no", "--", ".")
+    return None if out is None or git_commit() is None else bool(out.strip())
 
 
 def steerheal_version() -> str:
     return metadata.version("steerheal")
 
 
-def provenance() -> dict[str, str | None]:
+def provenance() -> dict[str, str | bool | None]:
     """What every saved file records about the code that wrote it."""
-    return {"steerheal_version": steerheal_version(), "git_commit": git_commit()}
+    return {"steerheal_version": steerheal_version(), "git_commit": git_commit(), "git_dirty": git_dirty()}
 
 
 def defined(value: Any) -> Any:
