@@ -2,8 +2,10 @@
 model's figures in the docs come from its run, not from memory: `just run-doc RUN NAME ["COMMAND"]` (the command
 line that made the run, named in the header: a run folder records its whole config, not how it was typed).
 
-Writes docs/NAME.md (a header naming the run's command, model, seed and commit, then the run's report.md) and
-copies frontier.png and trajectory.png as docs/NAME-frontier.png / docs/NAME-trajectory.png when they exist.
+Writes docs/NAME.md (a header naming the run's command, model, seed, commit, threads and each attempt's start,
+then the run's report.md), copies frontier.png and trajectory.png as docs/NAME-frontier.png /
+docs/NAME-trajectory.png when they exist, and screenshots report.html with headless Chromium (when installed) as
+docs/report-NAME.png.
 Whatever the page held from the line `<!-- run-doc: kept below -->` on (measurements written by other bench
 scripts, such as the smollm2 sweep) is kept after the new report.
 """
@@ -13,7 +15,9 @@ from __future__ import annotations
 import datetime
 import json
 import shutil
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,21 +32,50 @@ def main(run: Path, name: str) -> None:
         if (run / f"{figure}.png").is_file():
             shutil.copyfile(run / f"{figure}.png", ROOT / "docs" / f"{name}-{figure}.png")
             report = report.replace(f"({figure}.png)", f"({name}-{figure}.png)")
-    attempts = env.get("attempts") or [env]
-    commit = next((a.get("git_commit") for a in attempts if isinstance(a, dict) and a.get("git_commit")), None)
+    attempts = [a for a in env.get("attempts") or [env] if isinstance(a, dict)]
+    commit = next((a.get("git_commit") for a in attempts if a.get("git_commit")), None)
+    dirty = " with uncommitted changes to steerheal's code" if any(a.get("git_dirty") for a in attempts) else ""
     command = sys.argv[3] if len(sys.argv) > 3 else None  # the run records its config, not its command line
     how = f" with `{command}`" if command else ""
+    runs = "; ".join(
+        f"attempt {a.get('attempt')} started {a.get('started')}, {a.get('threads')} torch thread(s)" for a in attempts
+    )
+    shot = _screenshot(run / "report.html", ROOT / "docs" / f"report-{name}.png")
     header = (
         f"# A {config['model']} run ({config['name']}, seed {config['seed']})\n\n"
         f"Copied from the run's own report.md by `just run-doc {run} {name}` on {datetime.date.today().isoformat()}; "
-        f"the run was made at commit {commit or 'unknown'}{how} (its config.json holds every option). Nothing below "
-        "is typed by hand.\n\n"
+        f"the run was made at commit {commit or 'unknown'}{dirty}{how} (its config.json holds every option; "
+        f"{runs}). Nothing below is typed by hand.\n\n"
+        + (f"![the report of this run](report-{name}.png)\n\n" if shot else "")
     )
     page = ROOT / "docs" / f"{name}.md"
     old = page.read_text() if page.is_file() else ""
     kept = "\n" + old[old.index(KEEP) :] if KEEP in old else ""
     page.write_text(header + report.split("\n", 1)[1].rstrip("\n") + "\n" + kept)
     print(f"docs/{name}.md")
+
+
+def _screenshot(html: Path, png: Path) -> bool:
+    """report.html as a reader sees it (headless Chromium, 1200 px wide); False when Chromium is not installed."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None or not html.is_file():
+        return False
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run(
+            [
+                chromium,
+                *flags,
+                f"--user-data-dir={profile}",
+                f"--screenshot={png}",
+                "--window-size=1200,1800",
+                html.resolve().as_uri(),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+    return png.is_file()
 
 
 if __name__ == "__main__":
