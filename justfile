@@ -74,6 +74,10 @@ bench-heal-real *ARGS:
 bench-sampling-gqa:
     python bench/sampling_gqa.py
 
+# sampling on SmolLM2 at batch 16, 32 and 64 (2 threads): time and whether the sampled ids change
+bench-sampling-batch:
+    python bench/sampling_batch.py
+
 # lr x tau x n_pairs for the smollm2 preset, round 0 each, through the loop's code (docs/smollm2.md; ~1 h at 1 thread)
 sweep-smollm2 *ARGS:
     python bench/sweep_smollm2.py "$@"

@@ -275,8 +275,8 @@ def preset(name: str) -> RunConfig:
             n_pairs=48,
             concept=ConceptConfig(source="builtin", n_extract=48),
             dose=DoseConfig(n_prompts=16, n_tokens=16, liveness_samples=8, probe_size=16),
-            # batch 64: the same tokens as batch 16 (sampling is seeded per prompt) in 0.39x the time on 2 CPU
-            # threads, where each decoding step's per-call overhead dominates (docs/benchmarks.md).
+            # batch 64: on 2 CPU threads a decoding step costs about as much at 64 rows as at 16 (per-call overhead
+            # dominates), and the 64 held-out prompts sample the same ids as at batch 16 (docs/benchmarks.md).
             sampling=SamplingConfig(max_new_tokens=48, batch_size=64),
             filters=FilterConfig(cut_unfinished=True),
             adapter=AdapterConfig(r=8, alpha=16.0),
