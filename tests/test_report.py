@@ -138,6 +138,13 @@ def test_verdict_on_constructed_metrics():
     assert on_toyworld.status == "no" and "exact mood rate" in on_toyworld.answer, "the truth decides on toyworld"
     judged = verdict.trait_check(_metrics(judges={"vader": {"base": 0.0, "steered": 0.5, "student": 0.4}}))
     assert ("judge vader", "base 0 → steered 0.5, student 0.4") in judged.numbers
+    # a frontier of the same round: its judge (not steerheal's) decides, the projection stays beside it
+    frontier = {"round": 2, "summary": {"trait": "vader.compound", "retain_at_c_star": 0.3}}
+    by_judge = verdict.trait_check(_metrics(round=2, retain=1.03), frontier)
+    assert by_judge.status == "partly" and "keeps 30% of steering's shift (vader.compound" in by_judge.answer
+    assert "the projection says 1.03" in by_judge.answer and ("retain (projection)", "1.03") in by_judge.numbers
+    assert verdict.trait_check(_metrics(round=3, retain=1.03), frontier).status == "yes", "another round's frontier"
+    assert "projection" in verdict.trait_check(_metrics(round=2), {"round": 2, "summary": {}}).answer
 
     assert verdict.coherence_check(_metrics(), LIMITS).status == "yes"
     kl = verdict.coherence_check(_metrics(coherence={"kl_tail_p95": 3.5, "distinct_2": 0.1}), LIMITS)

@@ -130,6 +130,7 @@ def frontier_of(event: dict[str, Any]) -> dict[str, Any]:
     ]
     return {
         **{k: v for k, v in frontier.items() if k != "variants"},
+        **({"round": event["round"]} if "round" in event else {}),
         "variants": variants,
         "dominance": "; ".join(readings) or "not stated",
         "trait_axis": f"{config.get('trait')} shift from the base",

@@ -11,7 +11,8 @@ MARK = {"yes": "✓", "partly": "~", "no": "✗", "unknown": "?"}
 
 
 def verdict_checks(run: RunView) -> list[Check]:
-    return checks(run.last, {name: run.threshold(name) for name in THRESHOLDS}, run.frontier)
+    metrics = {**run.last, "round": run.rounds[-1]["round"]}  # so a frontier of another round is not read as this one
+    return checks(metrics, {name: run.threshold(name) for name in THRESHOLDS}, run.frontier)
 
 
 def _stopped(run: RunView) -> str:

@@ -1,8 +1,11 @@
 """The verdict: the three questions a run answers, and how the direction held, from one round's metrics.
 
 1. Did the trait move? The student's share of steering's shift (retain). On toyworld the exact mood rate is
-   the ground truth, so its retain decides; elsewhere the teacher projection's. `yes` from RETAIN_YES, `partly`
-   above RETAIN_PARTLY, `unknown` when steering itself did not move the trait (retain undefined).
+   the ground truth, so its retain decides; elsewhere a judge steerheal did not write decides when the run has a
+   frontier of the same round (its trait judge, VADER by default: the student at g = 1 against steering at
+   α = 1), and the teacher projection (steerheal's own instrument) only without one; the projection is always
+   shown. `yes` from RETAIN_YES, `partly` above RETAIN_PARTLY, `unknown` when steering itself did not move the
+   trait (retain undefined).
 2. Did coherence hold? The stop rule's coherence floor, absolute (grammar_ok on toyworld, distinct-2, KL tail).
 3. Is the student better than steering at the same KL? Only the frontier answers it: steering's trait is
    interpolated in log-KL at each student point inside steering's KL range. Without a frontier: `unknown`.
@@ -55,11 +58,26 @@ def _retain_status(retain: float | None) -> str:
     return "yes" if retain >= RETAIN_YES else "partly" if retain >= RETAIN_PARTLY else "no"
 
 
-def trait_check(metrics: dict[str, Any]) -> Check:
+def judged_retain(frontier: dict[str, Any] | None, metrics: dict[str, Any]) -> tuple[str, float | None] | None:
+    """(trait judge, retain) from the frontier's summary when it measured this round's student, else None."""
+    if frontier is None or "retain_at_c_star" not in (frontier.get("summary") or {}):
+        return None
+    if frontier.get("round", metrics.get("round")) != metrics.get("round"):
+        return None  # the frontier judged another round's student
+    summary = frontier["summary"]
+    return str(summary.get("trait", "the trait judge")), summary["retain_at_c_star"]
+
+
+def trait_check(metrics: dict[str, Any], frontier: dict[str, Any] | None = None) -> Check:
     trait, retain = metrics["trait"], metrics.get("retain")
     numbers = [("trait (projection)", _shift(trait)), ("retain (projection)", fmt(retain))]
     truth = metrics.get("truth")
     decisive, source = retain, "the teacher projection"
+    judged = judged_retain(frontier, metrics)
+    if judged is not None and truth is None:
+        judge, value = judged
+        numbers.append((f"retain ({judge}, frontier: g = 1 against α = 1)", fmt(value)))
+        decisive, source = value, f"{judge}, a judge steerheal did not write; the projection says {fmt(retain)}"
     if truth is not None:
         mood = {k: truth[k]["mood_rate"] for k in ("base", "steered", "student")}
         numbers.insert(0, ("mood rate (truth)", _shift(mood)))
@@ -200,7 +218,7 @@ def checks(
 ) -> list[Check]:
     """The verdict on one round's metrics (the last one's, in the report)."""
     return [
-        trait_check(metrics),
+        trait_check(metrics, frontier),
         coherence_check(metrics, thresholds),
         frontier_check(frontier, metrics),
         direction_check(metrics),
