@@ -27,6 +27,21 @@ def tiny(arch: str, seed: int = 0):
     return _TINY[(arch, seed)]
 
 
+def randomise(adapter, seed: int, scale: float) -> None:
+    """Seeded random factors for an adapter's trainable parameters (a GatedLoRA, or one concept's view of a
+    Bank), in place of training: fast, and every round then moves the output."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in adapter.trainable_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
+
+
+def logits(model, ids: torch.Tensor) -> torch.Tensor:
+    """The model's logits of `ids`, without gradients."""
+    with torch.no_grad():
+        return model(ids).logits
+
+
 @pytest.fixture
 def logs() -> Iterator[list[str]]:
     """Messages loguru emits during the test (WARNING and INFO alike: steerheal is verbose meanwhile)."""

@@ -16,9 +16,15 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import steerheal as sh
-from conftest import tiny
+from conftest import logits as _logits
+from conftest import randomise, tiny
 from steerheal.adapter.gated import GatedLoRA
 from steerheal.read.steering import add_to_residual
+
+
+def _randomise(adapter, seed: int, scale: float = 0.04) -> None:
+    randomise(adapter, seed, scale)
+
 
 ARCHS = ["llama", "qwen3", "gemma3", "gpt2", "toyworld"]
 # float32 rounding of differently ordered sums: the logits of these models reach about |10| (one ulp ~1e-6),
@@ -46,19 +52,6 @@ def _fresh(arch: str):
 def _ids(model, n: int = 2, length: int = 12, seed: int = 0) -> torch.Tensor:
     vocab = sh.fingerprint(model).vocab_size
     return torch.randint(3, vocab, (n, length), generator=torch.Generator().manual_seed(seed))
-
-
-def _logits(model, ids) -> torch.Tensor:
-    with torch.no_grad():
-        return model(ids).logits
-
-
-def _randomise(adapter: GatedLoRA, seed: int, scale: float = 0.04) -> None:
-    """Seeded random A and B for the current round, as if it had been trained."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in adapter.trainable_parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * scale)
 
 
 def _two_rounds(arch: str, r: int = 4):

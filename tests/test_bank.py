@@ -13,22 +13,15 @@ import copy
 import pytest
 import torch
 
-from conftest import tiny
+from conftest import logits as _logits
+from conftest import randomise, tiny
 from steerheal.adapter.bank import Bank, check_concepts
 from steerheal.adapter.gated import GatedLoRA
 from steerheal.errors import SteerhealError
 
 
-def _randomise(view: GatedLoRA, seed: int, scale: float = 0.05) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in view.trainable_parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * scale)
-
-
-def _logits(model, ids) -> torch.Tensor:
-    with torch.no_grad():
-        return model(ids).logits
+def _randomise(adapter, seed: int, scale: float = 0.05) -> None:
+    randomise(adapter, seed, scale)
 
 
 def _factors(view: GatedLoRA) -> list[torch.Tensor]:
