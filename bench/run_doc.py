@@ -4,8 +4,8 @@ line that made the run, named in the header: a run folder records its whole conf
 
 Writes docs/NAME.md (a header naming the run's command, model, seed, commit, threads and each attempt's start,
 then the run's report.md), copies frontier.png and trajectory.png as docs/NAME-frontier.png /
-docs/NAME-trajectory.png when they exist, and screenshots report.html with headless Chromium (when installed) as
-docs/report-NAME.png.
+docs/NAME-trajectory.png when they exist, and screenshots report.html with `just report-screenshot` (when
+Chromium is installed) as docs/report-NAME.png.
 Whatever the page held from the line `<!-- run-doc: kept below -->` on (measurements written by other bench
 scripts, such as the smollm2 sweep) is kept after the new report.
 """
@@ -17,7 +17,6 @@ import json
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,7 +39,7 @@ def main(run: Path, name: str) -> None:
     runs = "; ".join(
         f"attempt {a.get('attempt')} started {a.get('started')}, {a.get('threads')} torch thread(s)" for a in attempts
     )
-    shot = _screenshot(run / "report.html", ROOT / "docs" / f"report-{name}.png")
+    shot = _screenshot(run, ROOT / "docs" / f"report-{name}.png")
     header = (
         f"# A {config['model']} run ({config['name']}, seed {config['seed']})\n\n"
         f"Copied from the run's own report.md by `just run-doc {run} {name}` on {datetime.date.today().isoformat()}; "
@@ -55,27 +54,18 @@ def main(run: Path, name: str) -> None:
     print(f"docs/{name}.md")
 
 
-def _screenshot(html: Path, png: Path) -> bool:
-    """report.html as a reader sees it (headless Chromium, 1200 px wide); False when Chromium is not installed."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None or not html.is_file():
+def _screenshot(run: Path, png: Path) -> bool:
+    """report.html as a reader sees it, 1200 px wide, by `just report-screenshot` (headless Chromium); False when
+    that recipe fails (no Chromium installed)."""
+    made = subprocess.run(
+        ["just", "--justfile", str(ROOT / "justfile"), "report-screenshot", str(run), "1200", "1800"],
+        capture_output=True,
+        text=True,
+    )
+    if made.returncode != 0 or not (run / "report.png").is_file():
         return False
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
-    with tempfile.TemporaryDirectory() as profile:
-        subprocess.run(
-            [
-                chromium,
-                *flags,
-                f"--user-data-dir={profile}",
-                f"--screenshot={png}",
-                "--window-size=1200,1800",
-                html.resolve().as_uri(),
-            ],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-    return png.is_file()
+    shutil.copyfile(run / "report.png", png)
+    return True
 
 
 if __name__ == "__main__":
